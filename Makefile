@@ -1,0 +1,39 @@
+# The two commands are `make run` and `make test`; everything else is a step they call.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.regionlock-installed
+SOURCES := pyproject.toml setup.py $(wildcard core/*.pyx core/*.py proto/regionlock/*/*.proto proto/regionlock/*/*/*.proto)
+export REGIONLOCK_REQUIRE_EXTENSION := 1
+
+.PHONY: run test lint pytest install bench clean
+
+run: $(STAMP)
+	$(BIN)/regionlock serve
+
+test: $(STAMP) lint pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+pytest: $(STAMP)
+	$(BIN)/pytest -W error
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip "setuptools>=68" wheel "Cython>=3.0,<4" "grpcio-tools==1.85.1" "googleapis-common-protos>=1.63"
+
+# editable install: the Cython extensions are compiled in place, the gRPC code generated into gen/
+$(STAMP): $(BIN)/python $(SOURCES)
+	$(BIN)/pip install --quiet --no-build-isolation -e '.[test,demo]'
+	touch $@
+
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[bench]" || echo "note: some benchmark comparisons are unavailable"
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) gen build dist *.egg-info core/*.c core/*.so

@@ -1,0 +1,8 @@
+"""regionlock.core: the fast lookup core (IP-to-region trie, serial allowlist) and their file formats."""
+
+from regionlock.core.errors import BuildError, CorruptFileError, DataFileError, FormatVersionError
+
+__all__ = ["BuildError", "CorruptFileError", "DataFileError", "FormatVersionError"]
+
+# The compiled modules are imported by their own names (regionlock.core.geo, regionlock.core.allowlist);
+# each issue that adds one re-exports its public classes here.

@@ -1,0 +1,205 @@
+"""The header shared by every regionlock data file, checksums, and the atomic file writer.
+
+Layout of a data file (all integers little-endian):
+
+    offset  size  field
+    0       8     magic: names the kind of file (b"RLGEO\\0\\0\\0", b"RLALLOW\\0", ...)
+    8       4     format version of that kind
+    12      4     CRC-32 of bytes 16..72 and of the metadata JSON
+    16      4     length of the metadata JSON in bytes
+    20      4     reserved, zero
+    24      8     payload offset (a multiple of 4096, after the metadata)
+    32      8     payload length; the file ends exactly at offset + length
+    40      32    SHA-256 of the payload
+    72      ...   metadata: UTF-8 JSON object (build time, sources, counts, tables)
+    ...           zero padding up to the payload offset
+    offset  len   payload: the lookup structure itself, used in place through mmap
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import mmap
+import os
+import struct
+import tempfile
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from regionlock.core.errors import CorruptFileError, FormatVersionError
+
+PREAMBLE = struct.Struct("<8sIIIIQQ32s")
+PAYLOAD_ALIGN = 4096
+MAX_METADATA_BYTES = 64 << 20
+_HASH_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FileHeader:
+    """The parsed, validated header of a data file."""
+
+    magic: bytes
+    version: int
+    metadata: dict[str, Any]
+    payload_offset: int
+    payload_length: int
+    payload_sha256: bytes
+
+    @property
+    def build_id(self) -> str:
+        """A short identifier of this build: the first 16 hex digits of the payload's SHA-256."""
+        return self.payload_sha256.hex()[:16]
+
+
+def source_info(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, str]]:
+    """Name and SHA-256 of each source file, for a header's `sources` list."""
+    sources = []
+    for path in paths:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+        sources.append({"name": os.path.basename(os.fspath(path)), "sha256": digest.hexdigest()})
+    return sources
+
+
+def build_time() -> str:
+    """The current UTC time as an RFC 3339 string, for a header's `build_time`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _payload_offset(metadata_json: bytes) -> int:
+    end = PREAMBLE.size + len(metadata_json)
+    return (end + PAYLOAD_ALIGN - 1) // PAYLOAD_ALIGN * PAYLOAD_ALIGN
+
+
+def _header_crc(fields_after_crc: bytes, metadata_json: bytes) -> int:
+    return zlib.crc32(metadata_json, zlib.crc32(fields_after_crc))
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Write to a temporary file beside `path`; on success fsync and rename it into place.
+
+    On any exception the temporary file is removed and `path` is left as it was, so a
+    reader never sees a half-written file.
+    """
+    target = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(target)
+    fd, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_path)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_data_file(
+    path: str | os.PathLike[str],
+    magic: bytes,
+    version: int,
+    metadata: dict[str, Any],
+    payload_chunks: Iterable[bytes | bytearray | memoryview],
+) -> FileHeader:
+    """Write a complete data file atomically: header, metadata, then the payload chunks streamed."""
+    if len(magic) != 8:
+        raise ValueError("magic must be 8 bytes")
+    metadata_json = json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode()
+    offset = _payload_offset(metadata_json)
+    digest = hashlib.sha256()
+    length = 0
+    with atomic_output(path) as f:
+        f.write(b"\0" * offset)
+        for chunk in payload_chunks:
+            digest.update(chunk)
+            f.write(chunk)
+            length += len(chunk)
+        sha = digest.digest()
+        after_crc = PREAMBLE.pack(magic, version, 0, len(metadata_json), 0, offset, length, sha)[16:]
+        crc = _header_crc(after_crc, metadata_json)
+        f.seek(0)
+        f.write(PREAMBLE.pack(magic, version, crc, len(metadata_json), 0, offset, length, sha))
+        f.write(metadata_json)
+    return FileHeader(magic, version, metadata, offset, length, sha)
+
+
+def parse_header(buf: Any, magic: bytes, version: int, name: str) -> FileHeader:
+    """Validate the header of a mapped file (magic, version, CRC, bounds); raise a clear error if bad.
+
+    Checks the file length against the payload bounds, so a truncated or extended file is refused.
+    """
+    size = len(buf)
+    if size < PREAMBLE.size:
+        raise CorruptFileError(f"{name}: truncated: {size} bytes is shorter than the header")
+    file_magic, file_version, crc, meta_len, reserved, offset, length, sha = PREAMBLE.unpack_from(buf, 0)
+    if file_magic != magic:
+        raise CorruptFileError(f"{name}: not a {magic.rstrip(bytes(1)).decode()} file (magic {file_magic!r})")
+    if file_version != version:
+        raise FormatVersionError(f"{name}: format version {file_version}, this build reads version {version}")
+    if meta_len > MAX_METADATA_BYTES or PREAMBLE.size + meta_len > size:
+        raise CorruptFileError(f"{name}: truncated or corrupt: metadata length {meta_len} exceeds the file")
+    metadata_json = bytes(buf[PREAMBLE.size : PREAMBLE.size + meta_len])
+    if _header_crc(bytes(buf[16 : PREAMBLE.size]), metadata_json) != crc:
+        raise CorruptFileError(f"{name}: corrupt: header checksum mismatch")
+    if reserved != 0 or offset != _payload_offset(metadata_json):
+        raise CorruptFileError(f"{name}: corrupt: bad payload offset {offset}")
+    if offset + length != size:
+        raise CorruptFileError(
+            f"{name}: truncated or corrupt: expected {offset + length} bytes, the file has {size}"
+        )
+    try:
+        metadata = json.loads(metadata_json)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptFileError(f"{name}: corrupt: metadata is not JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise CorruptFileError(f"{name}: corrupt: metadata is not a JSON object")
+    return FileHeader(file_magic, file_version, metadata, offset, length, sha)
+
+
+def verify_payload(buf: Any, header: FileHeader, name: str) -> None:
+    """Check the payload's SHA-256 (reads the payload once); raise CorruptFileError on mismatch."""
+    view = memoryview(buf)
+    try:
+        digest = hashlib.sha256()
+        end = header.payload_offset + header.payload_length
+        for start in range(header.payload_offset, end, _HASH_CHUNK):
+            digest.update(view[start : min(start + _HASH_CHUNK, end)])
+    finally:
+        view.release()
+    if digest.digest() != header.payload_sha256:
+        raise CorruptFileError(f"{name}: corrupt: payload checksum mismatch")
+
+
+def map_data_file(
+    path: str | os.PathLike[str], magic: bytes, version: int, verify: bool
+) -> tuple[mmap.mmap, FileHeader]:
+    """Open and map a data file read-only and validate its header (and, with `verify`, its payload)."""
+    name = os.fspath(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise CorruptFileError(f"{name}: truncated: the file is empty")
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        header = parse_header(mapping, magic, version, name)
+        if verify:
+            verify_payload(mapping, header, name)
+    except BaseException:
+        mapping.close()
+        raise
+    return mapping, header

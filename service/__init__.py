@@ -1,0 +1,1 @@
+"""regionlock.service: decision engine, policy, override stores, gRPC servicers, settings and CLI."""

@@ -1,0 +1,1 @@
+"""Override stores and the in-memory override index the check path reads."""

@@ -1,0 +1,3 @@
+"""Shared pytest fixtures: each area keeps its fixtures in a plugin module beside this file."""
+
+pytest_plugins = []
