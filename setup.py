@@ -21,10 +21,9 @@ PACKAGE_DOCS = {
 
 def generate_protos() -> None:
     """Run protoc (grpcio-tools) over proto/ into gen/, the package root of regionlock."""
+    import google.rpc.status_pb2  # googleapis-common-protos ships google/rpc/status.proto beside it
     import grpc_tools
     from grpc_tools import protoc
-
-    import google.rpc.status_pb2  # googleapis-common-protos ships google/rpc/status.proto beside it
 
     google_site = pathlib.Path(google.rpc.status_pb2.__file__).resolve().parents[2]
     protobuf_include = pathlib.Path(grpc_tools.__file__).resolve().parent / "_proto"

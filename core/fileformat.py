@@ -159,9 +159,7 @@ def parse_header(buf: Any, magic: bytes, version: int, name: str) -> FileHeader:
     if reserved != 0 or offset != _payload_offset(metadata_json):
         raise CorruptFileError(f"{name}: corrupt: bad payload offset {offset}")
     if offset + length != size:
-        raise CorruptFileError(
-            f"{name}: truncated or corrupt: expected {offset + length} bytes, the file has {size}"
-        )
+        raise CorruptFileError(f"{name}: truncated or corrupt: expected {offset + length} bytes, the file has {size}")
     try:
         metadata = json.loads(metadata_json)
     except (UnicodeDecodeError, ValueError) as exc:

@@ -1,0 +1,192 @@
+"""AdminService: translates proto to the override store, reloads and status, and back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from google.protobuf import timestamp_pb2
+
+from regionlock.admin.v1 import admin_pb2 as pb
+from regionlock.admin.v1 import admin_pb2_grpc as pb_grpc
+from regionlock.service import edge
+from regionlock.service.auth import current_principal
+from regionlock.service.check_servicer import utc_now, versions_message
+from regionlock.service.errors import InvalidArgument, NotFound, Unavailable
+from regionlock.service.overrides.model import (
+    Override,
+    OverrideAction,
+    OverrideChange,
+    validate_reason_ticket,
+    validate_serial,
+)
+from regionlock.service.overrides.store import MAX_BULK_ITEMS
+
+if TYPE_CHECKING:
+    from regionlock.service.server import Service
+
+_ACTIONS = {pb.OVERRIDE_ACTION_UNLOCK: OverrideAction.UNLOCK, pb.OVERRIDE_ACTION_LOCK: OverrideAction.LOCK}
+_PROTO_ACTIONS = {action: value for value, action in _ACTIONS.items()}
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def override_message(override: Override) -> pb.Override:
+    message = pb.Override(
+        serial=override.serial,
+        action=_PROTO_ACTIONS[override.action],
+        reason=override.reason,
+        ticket=override.ticket,
+        actor=override.actor,
+        create_time=_timestamp(override.create_time),
+        revision=override.revision,
+    )
+    if override.expire_time is not None:
+        message.expire_time.CopyFrom(_timestamp(override.expire_time))
+    return message
+
+
+def _action_filter(value: int, field: str) -> OverrideAction | None:
+    if value == pb.OVERRIDE_ACTION_UNSPECIFIED:
+        return None
+    if value not in _ACTIONS:
+        raise InvalidArgument(field, f"unknown action {value}")
+    return _ACTIONS[value]
+
+
+def change_from(request: pb.SetOverrideRequest) -> OverrideChange:
+    """The domain change a SetOverrideRequest asks for (validated later, with the item's index)."""
+    return OverrideChange(
+        serial=request.serial,
+        action=_ACTIONS.get(request.action),
+        reason=request.reason,
+        ticket=request.ticket,
+        expire_time=request.expire_time.ToDatetime(tzinfo=UTC) if request.HasField("expire_time") else None,
+    )
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    """Thin handlers over the store, the snapshot holder and the override index of one Service."""
+
+    def __init__(self, service: Service, clock=utc_now) -> None:
+        self.service = service
+        self.metrics = service.metrics
+        self.clock = clock
+
+    def _store_call(self, fn, *args):
+        """Run a store call; a store that can't be reached becomes UNAVAILABLE with a clear message."""
+        try:
+            return fn(*args)
+        except (InvalidArgument, NotFound):
+            raise
+        except OSError as exc:
+            raise Unavailable(f"the override store is unavailable: {exc}") from None
+
+    def _caught_up(self) -> None:
+        # the writing process's check path sees its own write at once, not at the next poll
+        self.service.refresher.refresh()
+
+    @edge.unary("SetOverride")
+    def SetOverride(self, request, context):
+        now = self.clock()
+        change = change_from(request).validate(now)
+        override, revision = self._store_call(self.service.store.set, change, current_principal().name, now)
+        self._caught_up()
+        return pb.SetOverrideResponse(override=override_message(override), revision=revision)
+
+    @edge.unary("GetOverride")
+    def GetOverride(self, request, context):
+        serial = validate_serial(request.serial)
+        override = self._store_call(self.service.store.get, serial)
+        if override is None:
+            raise NotFound(f"no override for serial {serial}")
+        return pb.GetOverrideResponse(override=override_message(override))
+
+    @edge.unary("DeleteOverride")
+    def DeleteOverride(self, request, context):
+        now = self.clock()
+        serial = validate_serial(request.serial)
+        validate_reason_ticket(request.reason, request.ticket)
+        revision = self._store_call(
+            self.service.store.delete, serial, request.reason, request.ticket, current_principal().name, now
+        )
+        self._caught_up()
+        return pb.DeleteOverrideResponse(revision=revision)
+
+    @edge.unary("ListOverrides")
+    def ListOverrides(self, request, context):
+        action = _action_filter(request.action, "action")
+        overrides, token = self._store_call(
+            self.service.store.list,
+            request.page_size,
+            request.page_token,
+            action,
+            request.include_expired,
+            self.clock(),
+        )
+        return pb.ListOverridesResponse(overrides=[override_message(o) for o in overrides], next_page_token=token)
+
+    @edge.unary("BulkSetOverrides")
+    def BulkSetOverrides(self, request, context):
+        if len(request.items) > MAX_BULK_ITEMS:
+            raise InvalidArgument("items", f"at most {MAX_BULK_ITEMS} items per call, got {len(request.items)}")
+        now = self.clock()
+        changes = [change_from(item) for item in request.items]
+        result = self._store_call(self.service.store.bulk_set, changes, current_principal().name, now, request.dry_run)
+        if not request.dry_run:
+            self._caught_up()
+        return pb.BulkSetOverridesResponse(
+            created=result.created,
+            changed=result.changed,
+            unchanged=result.unchanged,
+            revision=result.revision,
+        )
+
+    @edge.unary("ListAuditEvents")
+    def ListAuditEvents(self, request, context):
+        serial = validate_serial(request.serial) if request.serial else ""
+        events, token = self._store_call(self.service.store.list_audit, request.page_size, request.page_token, serial)
+        messages = []
+        for event in events:
+            message = pb.AuditEvent(
+                revision=event.revision,
+                time=_timestamp(event.time),
+                actor=event.actor,
+                action=event.action,
+                serial=event.serial,
+                reason=event.reason,
+                ticket=event.ticket,
+            )
+            if event.before is not None:
+                message.before.CopyFrom(override_message(event.before))
+            if event.after is not None:
+                message.after.CopyFrom(override_message(event.after))
+            messages.append(message)
+        return pb.ListAuditEventsResponse(events=messages, next_page_token=token)
+
+    @edge.unary("ReloadData")
+    def ReloadData(self, request, context):
+        snapshot = self.service.reload()
+        return pb.ReloadDataResponse(versions=versions_message(snapshot))
+
+    @edge.unary("GetStatus")
+    def GetStatus(self, request, context):
+        service = self.service
+        response = pb.GetStatusResponse(
+            start_time=_timestamp(datetime.fromtimestamp(service.start_time, UTC)),
+            reloads_ok=service.holder.reloads_ok,
+            reloads_failed=service.holder.reloads_failed,
+            overrides_staleness_seconds=service.refresher.staleness_seconds(),
+        )
+        snapshot = service.holder.current
+        if snapshot is not None:
+            response.versions.CopyFrom(versions_message(snapshot))
+            response.networks = snapshot.geo.network_count
+            response.serials = len(snapshot.allowlist)
+            response.overrides = len(snapshot.overrides)
+            response.mode = snapshot.policy.mode
+        return response

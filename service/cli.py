@@ -1,0 +1,162 @@
+"""The `regionlock` command: serve, check, policy, geo, allowlist, token (and bench) subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from regionlock.service.settings import FIELDS, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: reported as one line on stderr, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with bad usage reported as one line on stderr (exit code 2), not a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail(message: str) -> None:
+    """Report bad input the way every subcommand does: one line on stderr, exit code 2."""
+    raise UsageError(message)
+
+
+def _add_serve(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve DeviceCheck and Admin",
+        description=(
+            "Serve DeviceCheck and Admin. Settings come from flags, REGIONLOCK_* environment variables and a TOML "
+            "config file, in that order. With no data paths given, the embedded defaults (GeoLite2 demo data, a "
+            "demo allowlist and the default policy) are built in the data directory on first start."
+        ),
+    )
+    parser.add_argument("--config", help="TOML config file (keys are the setting names)")
+    help_texts = {
+        "data_dir": "data directory (default ./var)",
+        "geo": "region database (default DATA_DIR/geo.rlgeo)",
+        "allowlist": "serial allowlist (default DATA_DIR/allowlist.rlallow)",
+        "policy": "policy TOML (default DATA_DIR/policy.toml)",
+        "store": "override store URL: sqlite:///path (default in DATA_DIR) or postgresql://...",
+        "tokens": "Admin token file (default DATA_DIR/tokens.json)",
+        "check_addr": "DeviceCheck listener (default [::]:50051)",
+        "admin_addr": "Admin listener (default 127.0.0.1:50052)",
+        "metrics_addr": "Prometheus /metrics listener; empty to disable (default 127.0.0.1:9464)",
+        "workers": "DeviceCheck worker processes (default: one per core)",
+        "log_level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
+    }
+    for name in FIELDS:
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, default=None, help=help_texts.get(name, argparse.SUPPRESS))
+    parser.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from regionlock.service.run import serve_from_flags
+
+    flags = {name: getattr(args, name) for name in FIELDS}
+    flags["config"] = args.config
+    return serve_from_flags(flags)
+
+
+def _add_check(subparsers) -> None:
+    parser = subparsers.add_parser("check", help="ask a running server about one device; print JSON")
+    parser.add_argument("serial")
+    parser.add_argument("ip")
+    parser.add_argument("--target", default="127.0.0.1:50051", help="DeviceCheck address (default %(default)s)")
+    parser.add_argument("--explain", action="store_true", help="include the decision trace")
+    parser.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default %(default)s)")
+    parser.set_defaults(func=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from regionlock.v1 import device_check_pb2, device_check_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = device_check_pb2_grpc.DeviceCheckServiceStub(channel)
+        request = device_check_pb2.CheckDeviceRequest(serial=args.serial, ip=args.ip, explain=args.explain)
+        try:
+            response = stub.CheckDevice(request, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                fail(exc.details())
+            print(f"regionlock check: {code.name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(json_format.MessageToJson(response, indent=2))
+    return 0
+
+
+def _add_policy(subparsers) -> None:
+    parser = subparsers.add_parser("policy", help="validate and show policies")
+    commands = parser.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    check = commands.add_parser("check", help="validate a policy file offline")
+    check.add_argument("file")
+    check.set_defaults(func=_policy_check)
+    show = commands.add_parser("default", help="print the commented default policy")
+    show.set_defaults(func=lambda args: print(default_policy_text(), end="") or 0)
+
+
+def default_policy_text() -> str:
+    from regionlock.service.policy import default_policy_text as text
+
+    return text()
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from regionlock.service.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        fail(str(exc))
+    summary = {
+        "file": args.file,
+        "version": policy.version,
+        "mode": policy.mode,
+        "restricted": [{"id": r.id, "regions": sorted(r.regions)} for r in policy.restricted],
+        "markets": {name: sorted(regions) for name, regions in policy.markets.items()},
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from regionlock.service import cli_allowlist, cli_geo, cli_token
+
+    parser = OneLineParser(prog="regionlock", description="Region-lock decisions for device gateways.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(subparsers)
+    _add_check(subparsers)
+    _add_policy(subparsers)
+    cli_geo.register(subparsers)
+    cli_allowlist.register(subparsers)
+    cli_token.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, SettingsError) as exc:
+        print(f"regionlock: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

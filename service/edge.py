@@ -1,0 +1,72 @@
+"""The edge between gRPC and the domain: errors converted once, internal errors never leaked, RPCs timed."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.rpc import status_pb2
+
+from regionlock.service.errors import ServiceError
+from regionlock.service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+INTERNAL_MESSAGE = "internal error; see the server log"
+
+
+def status_of(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status a client sees for an exception: a domain error's own, INTERNAL (logged) for the rest."""
+    if isinstance(exc, ServiceError):
+        return grpc.StatusCode[exc.code], exc.message
+    log.error("%s failed", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def status_message(exc: ServiceError) -> status_pb2.Status:
+    """A domain error as a google.rpc.Status, for per-item errors in batches and streams."""
+    return status_pb2.Status(code=grpc.StatusCode[exc.code].value[0], message=exc.message)
+
+
+def _abort(metrics: Metrics, context: grpc.ServicerContext, method: str, exc: Exception) -> None:
+    code, message = status_of(exc, method)
+    metrics.rpc_errors.labels(method, code.name).inc()
+    context.abort(code, message)
+
+
+def unary(method: str):
+    """Wrap a unary handler of a servicer that has `metrics`: time it and convert its errors."""
+
+    def wrap(handler: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(handler)
+        def call(self, request, context):
+            started = time.perf_counter()
+            try:
+                return handler(self, request, context)
+            except Exception as exc:
+                _abort(self.metrics, context, method, exc)
+            finally:
+                self.metrics.observe_rpc(method, time.perf_counter() - started)
+
+        return call
+
+    return wrap
+
+
+def streaming(method: str):
+    """Wrap a response-streaming handler of a servicer that has `metrics`: convert its errors."""
+
+    def wrap(handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        @functools.wraps(handler)
+        def call(self, request_iterator, context):
+            try:
+                yield from handler(self, request_iterator, context)
+            except Exception as exc:
+                _abort(self.metrics, context, method, exc)
+
+        return call
+
+    return wrap

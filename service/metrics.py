@@ -1,0 +1,124 @@
+"""Prometheus collectors of the service, in one registry, and the HTTP listener that exposes them."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter as Tally
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    10,
+)
+_BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000, 100000)
+
+
+class Metrics:
+    """The service's collectors; one instance per process, registered in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "regionlock_decisions",
+            "Decisions made, by verdict, reason and whether the verdict was enforced.",
+            ["verdict", "reason", "enforced"],
+            registry=r,
+        )
+        self.item_errors = Counter(
+            "regionlock_check_item_errors",
+            "Check items refused as invalid, by status code.",
+            ["code"],
+            registry=r,
+        )
+        self.rpc_latency = Histogram(
+            "regionlock_rpc_duration_seconds",
+            "Time spent in each RPC handler.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rpc_errors = Counter(
+            "regionlock_rpc_errors",
+            "RPCs that ended with an error status, by method and code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "regionlock_batch_size", "Items per CheckDevices call.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.snapshot_info = Gauge(
+            "regionlock_snapshot_info",
+            "The data versions now serving (value 1).",
+            ["geo", "allowlist", "policy"],
+            registry=r,
+        )
+        self.snapshot_load_seconds = Gauge(
+            "regionlock_snapshot_load_timestamp_seconds", "When the serving data was loaded.", registry=r
+        )
+        self.overrides_revision = Gauge(
+            "regionlock_overrides_revision", "The override revision the check path has seen.", registry=r
+        )
+        self.overrides_staleness = Gauge(
+            "regionlock_overrides_staleness_seconds",
+            "Seconds since the override index last caught up with the store.",
+            registry=r,
+        )
+        self.reloads = Counter("regionlock_reloads", "Data reloads, by result.", ["result"], registry=r)
+        self.auth_failures = Counter(
+            "regionlock_admin_auth_failures", "Admin calls refused, by status code.", ["code"], registry=r
+        )
+        self._serving_versions: tuple[str, str, str] | None = None
+        self._latency_children: dict[str, object] = {}
+
+    def observe_rpc(self, method: str, seconds: float) -> None:
+        """Record one RPC's duration (labelled children cached: labels() takes a lock each call)."""
+        child = self._latency_children.get(method)
+        if child is None:
+            child = self._latency_children[method] = self.rpc_latency.labels(method)
+        child.observe(seconds)
+
+    def count_decisions(self, decisions: Iterable[tuple[int, int, bool]]) -> None:
+        """Count (verdict, reason, enforced) triples, touching each labelled child once per distinct triple."""
+        from regionlock.service.decision import Reason, Verdict
+
+        for (verdict, reason, enforced), n in Tally(decisions).items():
+            self.decisions.labels(Verdict(verdict).name, Reason(reason).name, "true" if enforced else "false").inc(n)
+
+    def serving(self, geo: str, allowlist: str, policy: str, loaded_at: float, revision: int) -> None:
+        """Record the versions of the snapshot now serving."""
+        versions = (geo, allowlist, policy)
+        if versions != self._serving_versions:
+            if self._serving_versions is not None:
+                self.snapshot_info.remove(*self._serving_versions)
+            self.snapshot_info.labels(*versions).set(1)
+            self._serving_versions = versions
+        self.snapshot_load_seconds.set(loaded_at)
+        self.overrides_revision.set(revision)
+
+
+def start_metrics_listener(metrics: Metrics, address: str) -> int:
+    """Serve /metrics over HTTP on HOST:PORT (port 0 picks one); return the bound port."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    server, _thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+    bound = server.server_address[1]
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    return bound

@@ -1,0 +1,72 @@
+"""`regionlock serve`: settings, embedded data, one serving process, and its signals."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from regionlock.service.errors import ServiceError
+from regionlock.service.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def serve_from_flags(flags: dict[str, Any]) -> int:
+    """Resolve settings (SettingsError -> exit 2 in the CLI), prepare data, serve until SIGTERM/SIGINT."""
+    settings = load_settings(flags)
+    configure_logging(settings.log_level)
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    from regionlock.service.auth import TokenFileError
+    from regionlock.service.embedded import prepare_embedded_data, print_examples
+    from regionlock.service.server import Service
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.uses_embedded_data:
+        prepare_embedded_data(settings)
+    try:
+        service = Service(settings)
+    except (ServiceError, TokenFileError) as exc:
+        print(f"regionlock: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"regionlock: error: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=_reload, args=(service,), daemon=True).start())
+    service.start()
+    try:
+        service.reload()
+    except ServiceError as exc:
+        log.error("can't load the data, not serving: %s", exc.message)
+        service.stop(0)
+        return 1
+    if settings.uses_embedded_data:
+        print_examples(settings, service)
+    log.info("ready")
+    stop.wait()
+    log.info("stopping: in-flight calls have %.1fs to finish", settings.grace_seconds)
+    service.stop()
+    return 0
+
+
+def _reload(service) -> None:
+    try:
+        service.reload()
+    except ServiceError:
+        pass  # logged and counted by the holder; the old data keeps serving
+    except Exception:
+        log.exception("reload failed unexpectedly; the old data keeps serving")
