@@ -170,7 +170,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @edge.unary("ReloadData")
     def ReloadData(self, request, context):
-        snapshot = self.service.reload()
+        snapshot = self.service.reload_everywhere()
         return pb.ReloadDataResponse(versions=versions_message(snapshot))
 
     @edge.unary("GetStatus")

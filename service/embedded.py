@@ -113,12 +113,11 @@ def example_commands(settings: Settings, snapshot, check_port: int, admin_port: 
     return lines
 
 
-def print_examples(settings: Settings, service) -> None:
+def print_examples(settings: Settings, snapshot, check_port: int, admin_port: int) -> None:
     """Show the examples on standard error, where the server's log goes too."""
-    snapshot = service.holder.current
     if snapshot is None:
         return
-    lines = example_commands(settings, snapshot, service.check_port, service.admin_port)
+    lines = example_commands(settings, snapshot, check_port, admin_port)
     print(
         "\nregionlock is serving the embedded demo data. Try:\n\n" + "\n\n".join(lines) + "\n",
         file=sys.stderr,

@@ -69,17 +69,25 @@ class Metrics:
             "The data versions now serving (value 1).",
             ["geo", "allowlist", "policy"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.snapshot_load_seconds = Gauge(
-            "regionlock_snapshot_load_timestamp_seconds", "When the serving data was loaded.", registry=r
+            "regionlock_snapshot_load_timestamp_seconds",
+            "When the serving data was loaded.",
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.overrides_revision = Gauge(
-            "regionlock_overrides_revision", "The override revision the check path has seen.", registry=r
+            "regionlock_overrides_revision",
+            "The override revision the check path has seen.",
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.overrides_staleness = Gauge(
             "regionlock_overrides_staleness_seconds",
             "Seconds since the override index last caught up with the store.",
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.reloads = Counter("regionlock_reloads", "Data reloads, by result.", ["result"], registry=r)
         self.auth_failures = Counter(
@@ -114,11 +122,11 @@ class Metrics:
         self.overrides_revision.set(revision)
 
 
-def start_metrics_listener(metrics: Metrics, address: str) -> int:
-    """Serve /metrics over HTTP on HOST:PORT (port 0 picks one); return the bound port."""
+def start_metrics_listener(registry: CollectorRegistry, address: str) -> int:
+    """Serve /metrics of a registry over HTTP on HOST:PORT (port 0 picks one); return the bound port."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
-    server, _thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+    server, _thread = start_http_server(int(port), addr=host, registry=registry)
     bound = server.server_address[1]
     log.info("metrics on http://%s:%d/metrics", host, bound)
     return bound

@@ -35,6 +35,8 @@ def serve(settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.uses_embedded_data:
         prepare_embedded_data(settings)
+    if settings.worker_count > 1:
+        return _serve_workers(settings)
     try:
         service = Service(settings)
     except (ServiceError, TokenFileError) as exc:
@@ -46,7 +48,7 @@ def serve(settings: Settings) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=_reload, args=(service,), daemon=True).start())
+    signal.signal(signal.SIGHUP, lambda *_: reload_in_background(service))
     service.start()
     try:
         service.reload()
@@ -55,12 +57,36 @@ def serve(settings: Settings) -> int:
         service.stop(0)
         return 1
     if settings.uses_embedded_data:
-        print_examples(settings, service)
+        print_examples(settings, service.holder.current, service.check_port, service.admin_port)
     log.info("ready")
     stop.wait()
     log.info("stopping: in-flight calls have %.1fs to finish", settings.grace_seconds)
     service.stop()
     return 0
+
+
+def _serve_workers(settings: Settings) -> int:
+    """Check the data and the token file once here, so a mistake stops the start instead of a restart loop."""
+    from regionlock.service.auth import TokenFileError, TokenStore
+    from regionlock.service.snapshot import load_data
+    from regionlock.service.workers import serve_workers
+
+    try:
+        load_data(settings)
+        if settings.tokens_path.exists():
+            TokenStore.load(settings.tokens_path)
+    except ServiceError as exc:
+        log.error("can't load the data, not serving: %s", exc.message)
+        return 1
+    except TokenFileError as exc:
+        print(f"regionlock: error: {exc}", file=sys.stderr)
+        return 2
+    return serve_workers(settings, settings.worker_count)
+
+
+def reload_in_background(service) -> None:
+    """What SIGHUP does: reload in a thread, so the signal handler returns at once."""
+    threading.Thread(target=_reload, args=(service,), name="reload", daemon=True).start()
 
 
 def _reload(service) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -96,10 +97,19 @@ def create_admin_server(
 
 @dataclass
 class Service:
-    """One serving process: both listeners over one snapshot holder and one override store."""
+    """One serving process: the DeviceCheck and/or Admin listeners over one snapshot holder and one store.
+
+    A single process serves both; with several workers, each worker serves DeviceCheck (sharing the port
+    with SO_REUSEPORT) and one admin process serves Admin and the metrics of all (see workers.py).
+    """
 
     settings: Settings
+    serve_check: bool = True
+    serve_admin: bool = True
+    reuse_port: bool = False
     metrics: Metrics = field(default_factory=Metrics)
+    # the admin process of a multi-process server: after its own successful reload, reload the workers
+    on_reloaded: Callable[[], None] | None = None
     check_port: int = 0
     admin_port: int = 0
     metrics_port: int = 0
@@ -111,16 +121,28 @@ class Service:
         self.refresher = OverrideIndexRefresher(
             self.store, on_update=self.holder.set_overrides, interval=self.settings.override_poll_seconds
         )
-        self.check_servicer = DeviceCheckServicer(self.holder, self.metrics, self.settings.max_batch)
-        self.check_server, self.check_port, self._check_health = create_check_server(self.settings, self.check_servicer)
-        self.auth = AuthInterceptor(
-            self._load_tokens(), on_denied=lambda code: self.metrics.auth_failures.labels(code).inc()
-        )
-        self.admin_servicer = AdminServicer(self)
-        self.admin_server, self.admin_port, self._admin_health = create_admin_server(
-            self.settings, self.admin_servicer, self.auth
-        )
+        self._servers: list[grpc.Server] = []
+        self._health: list[health.HealthServicer] = []
+        self._check_health: health.HealthServicer | None = None
+        if self.serve_check:
+            self.check_servicer = DeviceCheckServicer(self.holder, self.metrics, self.settings.max_batch)
+            server, self.check_port, self._check_health = create_check_server(
+                self.settings, self.check_servicer, reuse_port=self.reuse_port
+            )
+            self._servers.append(server)
+            self._health.append(self._check_health)
+        if self.serve_admin:
+            self.auth = AuthInterceptor(
+                self._load_tokens(), on_denied=lambda code: self.metrics.auth_failures.labels(code).inc()
+            )
+            self.admin_servicer = AdminServicer(self)
+            server, self.admin_port, self._admin_health = create_admin_server(
+                self.settings, self.admin_servicer, self.auth
+            )
+            self._servers.append(server)
+            self._health.append(self._admin_health)
         self._reload_lock = threading.Lock()
+        self._stopped = threading.Event()
 
     def _load_tokens(self) -> TokenStore:
         """The token file; a missing one leaves Admin refusing every call (a malformed one stops the start)."""
@@ -139,41 +161,58 @@ class Service:
         v = snapshot.versions
         self.metrics.serving(v.geo, v.allowlist, v.policy, snapshot.loaded_at, v.overrides_revision)
 
-    def start(self) -> None:
+    def start(self, metrics_registry=None) -> None:
         """Start listening; checks answer UNAVAILABLE and health says NOT_SERVING until data loads."""
-        if self.settings.metrics_addr:
-            self.metrics_port = start_metrics_listener(self.metrics, self.settings.metrics_addr)
+        if self.serve_admin and self.settings.metrics_addr:
+            registry = metrics_registry or self.metrics.registry
+            self.metrics_port = start_metrics_listener(registry, self.settings.metrics_addr)
         self.refresher.start()
-        self.check_server.start()
-        self.admin_server.start()
-        self._admin_health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._admin_health.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        log.info("DeviceCheck on port %d, Admin on port %d", self.check_port, self.admin_port)
+        threading.Thread(target=self._watch_staleness, name="staleness-gauge", daemon=True).start()
+        for server in self._servers:
+            server.start()
+        if self.serve_admin:
+            self._admin_health.set("", health_pb2.HealthCheckResponse.SERVING)
+            self._admin_health.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving: DeviceCheck on port %s, Admin on port %s", self.check_port or "-", self.admin_port or "-")
+
+    def _watch_staleness(self) -> None:
+        # a gauge a scrape can read in every process model (set_function does not work across processes)
+        while not self._stopped.wait(1.0):
+            self.metrics.overrides_staleness.set(self.refresher.staleness_seconds())
 
     def reload(self) -> Snapshot:
         """Load the data files and policy into a new snapshot (raises FailedPrecondition, old data kept)."""
         with self._reload_lock:
-            try:
-                self.auth.tokens = self._load_tokens()
-            except TokenFileError as exc:
-                log.error("token file not reloaded, the previous tokens stay in force: %s", exc)
+            if self.serve_admin:
+                try:
+                    self.auth.tokens = self._load_tokens()
+                except TokenFileError as exc:
+                    log.error("token file not reloaded, the previous tokens stay in force: %s", exc)
             try:
                 snapshot = self.holder.reload(self.settings)
             except Exception:
                 self.metrics.reloads.labels("failed").inc()
                 raise
             self.metrics.reloads.labels("ok").inc()
-            for name in ("", CHECK_SERVICE):
-                self._check_health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if self._check_health is not None:
+                for name in ("", CHECK_SERVICE):
+                    self._check_health.set(name, health_pb2.HealthCheckResponse.SERVING)
             return snapshot
+
+    def reload_everywhere(self) -> Snapshot:
+        """Reload here (validating the new data) and then in every worker process, if there are any."""
+        snapshot = self.reload()
+        if self.on_reloaded is not None:
+            self.on_reloaded()
+        return snapshot
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish within the grace period, then release the store."""
         grace = self.settings.grace_seconds if grace is None else grace
-        for health_servicer in (self._check_health, self._admin_health):
+        self._stopped.set()
+        for health_servicer in self._health:
             health_servicer.enter_graceful_shutdown()
-        done = [self.check_server.stop(grace), self.admin_server.stop(grace)]
-        for event in done:
+        for event in [server.stop(grace) for server in self._servers]:
             event.wait()
         self.refresher.stop()
         self.store.close()

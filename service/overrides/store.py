@@ -1,0 +1,218 @@
+"""The override store interface every backend implements, page tokens, and open_store(url).
+
+Semantics every implementation keeps (the shared test suite in tests/overrides checks them):
+
+- Revisions: one store-wide counter, incremented in the same transaction as the change it numbers. A
+  single-item set or delete takes one revision; a bulk set takes ONE revision for the whole call (it is one
+  atomic change, and the index catches up in one step). Writers serialize on the counter (SQLite's write
+  lock, a row lock in PostgreSQL), so revisions commit in order and catch-up by revision never skips one.
+- Idempotency: setting an override identical to the stored one (same action, reason, ticket and expiry;
+  actor and time don't count) changes nothing and takes no revision; it still writes a "set_unchanged"
+  audit event, carrying and returning the revision of the override that stays in force.
+- Audit: every set, set_unchanged and delete writes exactly one event, in the change's transaction.
+- Expired overrides stay stored (and visible to get/load_all) until replaced or deleted; deciding whether
+  one applies is `Override.is_live(now)`'s job. `list` hides them unless asked.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import hashlib
+import hmac
+import importlib.util
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from regionlock.service.errors import InvalidArgument
+from regionlock.service.overrides.model import (
+    AuditEvent,
+    BulkResult,
+    Override,
+    OverrideAction,
+    OverrideChange,
+)
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_BULK_ITEMS = 100_000
+
+
+class OverrideStore(abc.ABC):
+    """Durable overrides with their audit trail; thread-safe; all times are UTC-aware datetimes."""
+
+    @abc.abstractmethod
+    def set(self, change: OverrideChange, actor: str, now: datetime) -> tuple[Override, int]:
+        """Upsert one override; returns it as stored and the revision of the change (see module doc)."""
+
+    @abc.abstractmethod
+    def get(self, serial: str) -> Override | None:
+        """The stored override of `serial` (normalized here), expired or not; None when there is none."""
+
+    @abc.abstractmethod
+    def delete(self, serial: str, reason: str, ticket: str, actor: str, now: datetime) -> int:
+        """Remove the override of `serial`; returns the new revision; NotFound when there is none."""
+
+    @abc.abstractmethod
+    def list(
+        self,
+        page_size: int,
+        page_token: str,
+        action: OverrideAction | None,
+        include_expired: bool,
+        now: datetime,
+    ) -> tuple[list[Override], str]:
+        """One page ordered by serial, and the next page token ("" on the last page)."""
+
+    @abc.abstractmethod
+    def bulk_set(self, changes: Sequence[OverrideChange], actor: str, now: datetime, dry_run: bool) -> BulkResult:
+        """Set all changes in one transaction, or none; dry_run counts and writes nothing."""
+
+    @abc.abstractmethod
+    def list_audit(self, page_size: int, page_token: str, serial: str) -> tuple[list[AuditEvent], str]:
+        """One page of audit events, newest first, optionally only those of `serial` ("" for all)."""
+
+    @abc.abstractmethod
+    def revision(self) -> int:
+        """The latest committed revision (0 for an empty store)."""
+
+    @abc.abstractmethod
+    def load_all(self) -> tuple[dict[str, Override], int]:
+        """Every stored override and the revision they are consistent with, read in one snapshot."""
+
+    @abc.abstractmethod
+    def changes_since(self, revision: int) -> tuple[dict[str, Override | None], int]:
+        """The current state (None = deleted) of every serial changed after `revision`, and the revision
+        that state is consistent with. A returned revision below `revision` means the store went back
+        (e.g. restored from a backup): the caller should load_all."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections; further calls fail."""
+
+
+def check_bulk(changes: Sequence[OverrideChange], now: datetime) -> list[OverrideChange]:
+    """Validate a bulk request before any I/O: size, each item (errors name items[i].field), duplicates."""
+    if len(changes) > MAX_BULK_ITEMS:
+        raise InvalidArgument("items", f"at most {MAX_BULK_ITEMS} items per call, got {len(changes)}")
+    valid: list[OverrideChange] = []
+    first_index: dict[str, int] = {}
+    for i, change in enumerate(changes):
+        item = change.validate(now, prefix=f"items[{i}].")
+        # two items for one serial would make the outcome depend on their order: refuse, don't guess
+        if item.serial in first_index:
+            raise InvalidArgument(f"items[{i}].serial", f"duplicate of items[{first_index[item.serial]}]")
+        first_index[item.serial] = i
+        valid.append(item)
+    return valid
+
+
+def check_actor(actor: str) -> None:
+    """The actor is the token name the interceptor found; a store never writes an anonymous change."""
+    if not isinstance(actor, str) or not actor:
+        raise InvalidArgument("actor", "required")
+
+
+def count_bulk(items: Sequence[OverrideChange], existing: dict[str, Override], revision: int) -> BulkResult:
+    """What a bulk set of validated `items` does to the `existing` overrides of their serials."""
+    created = sum(1 for item in items if item.serial not in existing)
+    unchanged = sum(1 for item in items if (o := existing.get(item.serial)) and o.same_request(item))
+    return BulkResult(created, len(items) - created - unchanged, unchanged, revision)
+
+
+def plan_sets(
+    items: Sequence[OverrideChange], existing: dict[str, Override], actor: str, now: datetime, revision: int
+) -> tuple[list[Override], list[AuditEvent]]:
+    """The overrides to write and the audit events to append for setting `items` at `revision`."""
+    writes: list[Override] = []
+    events: list[AuditEvent] = []
+    for item in items:
+        before = existing.get(item.serial)
+        if before is not None and before.same_request(item):
+            events.append(_event(before.revision, now, actor, "set_unchanged", before, before, item))
+            continue
+        after = item.to_override(actor, now, revision)
+        writes.append(after)
+        events.append(_event(revision, now, actor, "set", before, after, item))
+    return writes, events
+
+
+def _event(revision, now, actor, action, before, after, item: OverrideChange) -> AuditEvent:
+    return AuditEvent(revision, now, actor, action, item.serial, before, after, item.reason, item.ticket)
+
+
+def cut_page(rows: list, size: int, kind: str, filters: dict[str, Any], position: Callable[[Any], Any]):
+    """Given up to size + 1 rows, the page and the token of the next one ("" when this is the last)."""
+    if len(rows) <= size:
+        return rows, ""
+    return rows[:size], encode_page_token(kind, filters, position(rows[size - 1]))
+
+
+def page_size_or_default(page_size: int) -> int:
+    """0 means the default; above the maximum is coerced to it (as AIP-158 suggests); negative is an error."""
+    if page_size < 0:
+        raise InvalidArgument("page_size", f"must not be negative, got {page_size}")
+    if page_size == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(page_size, MAX_PAGE_SIZE)
+
+
+# Page tokens hold only a keyset position and the filters they were made for, so forging one gains nothing
+# a client couldn't ask for directly; the keyed digest is there to reject damaged or hand-edited tokens
+# with INVALID_ARGUMENT instead of serving a surprising page. A fixed key keeps tokens valid on every
+# replica without sharing a secret.
+_TOKEN_KEY = b"regionlock.page-token.v1"
+_TOKEN_VERSION = 1
+_DIGEST_SIZE = 12
+
+
+def encode_page_token(kind: str, filters: dict[str, Any], position: Any) -> str:
+    """An opaque token for the page after `position` of a `kind` listing made with `filters`."""
+    payload = json.dumps(
+        {"v": _TOKEN_VERSION, "k": kind, "f": filters, "p": position}, separators=(",", ":"), sort_keys=True
+    ).encode()
+    digest = hmac.new(_TOKEN_KEY, payload, hashlib.sha256).digest()[:_DIGEST_SIZE]
+    return base64.urlsafe_b64encode(digest + payload).rstrip(b"=").decode("ascii")
+
+
+def decode_page_token(token: str, kind: str, filters: dict[str, Any]) -> Any:
+    """The position a token carries; None for ""; InvalidArgument('page_token') when it is not ours or
+    was made for other filters."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (ValueError, UnicodeEncodeError):
+        raise InvalidArgument("page_token", "malformed; pass next_page_token unchanged") from None
+    digest, payload = raw[:_DIGEST_SIZE], raw[_DIGEST_SIZE:]
+    expected = hmac.new(_TOKEN_KEY, payload, hashlib.sha256).digest()[:_DIGEST_SIZE]
+    if len(digest) != _DIGEST_SIZE or not hmac.compare_digest(digest, expected):
+        raise InvalidArgument("page_token", "malformed; pass next_page_token unchanged")
+    data = json.loads(payload)
+    if data.get("v") != _TOKEN_VERSION or data.get("k") != kind:
+        raise InvalidArgument("page_token", "was not made by this listing")
+    if data.get("f") != filters:
+        raise InvalidArgument("page_token", "was made for other filters; start again without a token")
+    return data["p"]
+
+
+def open_store(url: str) -> OverrideStore:
+    """Open (creating and migrating as needed) the store a URL names: sqlite:///abs/path or postgresql://..."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or parts.query or parts.fragment:
+            raise InvalidArgument("store", f"expected sqlite:///absolute/path, got {url!r}")
+        from regionlock.service.overrides.sqlite import SqliteOverrideStore
+
+        return SqliteOverrideStore(parts.path)
+    if parts.scheme in ("postgresql", "postgres"):
+        # Hook for issue 8: a module regionlock.service.overrides.postgres defining open_postgres_store(url).
+        name = "regionlock.service.overrides.postgres"
+        if importlib.util.find_spec(name) is None:
+            raise InvalidArgument("store", "the PostgreSQL store is not available in this build")
+        module = importlib.import_module(name)
+        return module.open_postgres_store(url)
+    raise InvalidArgument("store", f"unknown store scheme {parts.scheme!r}; use sqlite:///path or postgresql://")

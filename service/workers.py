@@ -1,0 +1,186 @@
+"""Multi-process serving: a supervisor forks DeviceCheck workers sharing one port and one Admin process.
+
+The supervisor never creates gRPC objects, so forking it is safe at any time, also to restart a worker
+that died. Each worker maps the same data files (one copy in the page cache) and keeps its own override
+index caught up with the shared store by polling; the Admin process also serves the metrics of all
+processes (prometheus-client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+
+from regionlock.service.settings import Settings
+
+log = logging.getLogger(__name__)
+ADMIN = "admin"
+CHECK = "check"
+_RESTART_BACKOFF_MAX = 30.0
+
+
+def reserve_port(address: str) -> tuple[str, socket.socket | None]:
+    """For port 0, bind a SO_REUSEPORT socket to pick a port all workers can share; keep it bound."""
+    host, _, port = address.rpartition(":")
+    if int(port) != 0:
+        return address, None
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("::" if bare in ("", "*") else bare, 0))
+    return f"{host}:{sock.getsockname()[1]}", sock
+
+
+class Supervisor:
+    """Starts, watches, restarts, signals and stops the worker processes."""
+
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.pid = os.getpid()
+        self.children: dict[int, tuple[str, float]] = {}
+        self.stopping = False
+        self.failures: dict[str, int] = {ADMIN: 0, CHECK: 0}
+
+    def _signal_children(self, signum: int, role: str | None = None) -> None:
+        for pid, (child_role, _) in list(self.children.items()):
+            if role is None or child_role == role:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def _on_signal(self, signum, _frame) -> None:
+        if os.getpid() != self.pid:
+            return  # a child that has not installed its own handlers yet
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            if not self.stopping:
+                log.info("stopping %d processes", len(self.children))
+            self.stopping = True
+            self._signal_children(signal.SIGTERM)
+        elif signum == signal.SIGHUP:
+            self._signal_children(signal.SIGHUP)
+        elif signum == signal.SIGUSR1:
+            # the Admin process reloaded (and so validated) the data: reload the workers too
+            self._signal_children(signal.SIGHUP, CHECK)
+
+    def spawn(self, role: str) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = run_child(self.settings, role)
+            except BaseException:
+                log.exception("%s process failed", role)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = (role, time.monotonic())
+        log.info("started %s process %d", role, pid)
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(signum, self._on_signal)
+        self.spawn(ADMIN)
+        for _ in range(self.workers):
+            self.spawn(CHECK)
+        exit_code = 0
+        deadline = None
+        while self.children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                if self.stopping:
+                    deadline = deadline or time.monotonic() + self.settings.grace_seconds + 10
+                    if time.monotonic() > deadline:
+                        log.error("processes still running after the grace period: killing them")
+                        self._signal_children(signal.SIGKILL)
+                time.sleep(0.05)
+                continue
+            role, started = self.children.pop(pid)
+            _mark_dead(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                exit_code = exit_code or (0 if code == 0 else 1)
+                continue
+            self._restart(role, pid, code, started)
+        return exit_code
+
+    def _restart(self, role: str, pid: int, code: int, started: float) -> None:
+        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        self.failures[role] = self.failures[role] + 1 if time.monotonic() - started < 10 else 1
+        delay = min(_RESTART_BACKOFF_MAX, 0.1 * 2 ** (self.failures[role] - 1))
+        log.error("%s process %d died (%s); restarting it in %.1fs", role, pid, how, delay)
+        end = time.monotonic() + delay
+        while time.monotonic() < end and not self.stopping:
+            time.sleep(0.05)
+        if not self.stopping:
+            self.spawn(role)
+
+
+def _mark_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+def run_child(settings: Settings, role: str) -> int:
+    """The body of one forked process: serve its role until SIGTERM, reload on SIGHUP."""
+    from regionlock.service.errors import ServiceError
+    from regionlock.service.run import reload_in_background
+    from regionlock.service.server import Service
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    if role == ADMIN:
+        supervisor = os.getppid()
+        service = Service(settings, serve_check=False, on_reloaded=lambda: os.kill(supervisor, signal.SIGUSR1))
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        service.start(metrics_registry=registry)
+    else:
+        service = Service(settings, serve_admin=False, reuse_port=True)
+        service.start()
+    signal.signal(signal.SIGHUP, lambda *_: reload_in_background(service))
+    try:
+        snapshot = service.reload()
+    except ServiceError as exc:
+        log.error("%s process %d can't load the data: %s", role, os.getpid(), exc.message)
+        service.stop(0)
+        return 1
+    if role == ADMIN and settings.uses_embedded_data:
+        from regionlock.service.embedded import print_examples
+
+        print_examples(settings, snapshot, int(settings.check_addr.rpartition(":")[2]), service.admin_port)
+    stop.wait()
+    service.stop()
+    return 0
+
+
+def serve_workers(settings: Settings, workers: int) -> int:
+    """Serve with `workers` DeviceCheck processes and one Admin process; return the exit code."""
+    metrics_dir = tempfile.mkdtemp(prefix="regionlock-metrics-")
+    # must be set before prometheus_client is imported in this process, so the children inherit it
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    check_addr, reservation = reserve_port(settings.check_addr)
+    import dataclasses
+
+    settings = dataclasses.replace(settings, check_addr=check_addr)
+    try:
+        log.info("DeviceCheck on %s with %d worker processes", check_addr, workers)
+        return Supervisor(settings, workers).run()
+    finally:
+        if reservation is not None:
+            reservation.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)

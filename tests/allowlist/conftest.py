@@ -1,0 +1,54 @@
+"""Fixtures of the allowlist suite: random serials and small allowlist files built by the real builder."""
+
+from __future__ import annotations
+
+import random
+import string
+from pathlib import Path
+
+import pytest
+
+SERIAL_ALPHABET = string.ascii_uppercase + string.digits + "-_/."
+MARKETS = ["EEA", "CN", "IN", "RU", "GLOBAL", "US"]
+
+
+def random_serial(rng: random.Random, lo: int = 1, hi: int = 32) -> str:
+    return "".join(rng.choice(SERIAL_ALPHABET) for _ in range(rng.randint(lo, hi)))
+
+
+def random_rows(seed: int, n: int) -> dict[str, str]:
+    """n distinct random serials (upper case), each with a market; some share long prefixes."""
+    rng = random.Random(seed)
+    rows: dict[str, str] = {}
+    prefix = "R58M" + "0" * 20
+    while len(rows) < n:
+        kind = rng.random()
+        if kind < 0.2:
+            serial = prefix[: rng.randint(4, 24)] + random_serial(rng, 1, 8)
+        elif kind < 0.3:
+            serial = random_serial(rng, 32, 32)
+        else:
+            serial = random_serial(rng)
+        rows[serial] = rng.choice(MARKETS)
+    return rows
+
+
+@pytest.fixture
+def make_rows():
+    """random_rows(seed, n): n distinct random serials with markets, some sharing long prefixes."""
+    return random_rows
+
+
+@pytest.fixture
+def write_csv(tmp_path: Path):
+    """A function (name, text) -> path writing a CSV file under tmp_path."""
+
+    def write(name: str, text: str | bytes) -> Path:
+        path = tmp_path / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+        return path
+
+    return write
