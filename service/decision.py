@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from regionlock.core.serials import normalize_serial
 from regionlock.service.errors import InvalidArgument
-from regionlock.service.overrides.model import OverrideAction
+from regionlock.service.overrides.model import OverrideAction, validate_serial
 
 if TYPE_CHECKING:
     from regionlock.core.geo import Region
@@ -48,14 +47,6 @@ class Decision:
     message: str
     cache_ttl_seconds: int
     trace: tuple[str, ...] | None = None
-
-
-def validate_serial(serial: str) -> str:
-    """The normalized serial, or InvalidArgument naming the field."""
-    try:
-        return normalize_serial(serial)
-    except ValueError as exc:
-        raise InvalidArgument("serial", str(exc)) from None
 
 
 def _describe(region: Region | None) -> str:

@@ -30,13 +30,15 @@ def serve_from_flags(flags: dict[str, Any]) -> int:
 def serve(settings: Settings) -> int:
     from regionlock.service.auth import TokenFileError
     from regionlock.service.embedded import prepare_embedded_data, print_examples
-    from regionlock.service.server import Service
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.uses_embedded_data:
         prepare_embedded_data(settings)
     if settings.worker_count > 1:
         return _serve_workers(settings)
+    # imported only here: a multi-process supervisor must not import prometheus-client before it is set up
+    from regionlock.service.server import Service
+
     try:
         service = Service(settings)
     except (ServiceError, TokenFileError) as exc:

@@ -121,6 +121,7 @@ class Service:
         self.refresher = OverrideIndexRefresher(
             self.store, on_update=self.holder.set_overrides, interval=self.settings.override_poll_seconds
         )
+        self.store.watch(self.refresher.wake)  # changes committed by other replicas, as soon as they commit
         self._servers: list[grpc.Server] = []
         self._health: list[health.HealthServicer] = []
         self._check_health: health.HealthServicer | None = None

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 ADMIN = "admin"
 CHECK = "check"
 _RESTART_BACKOFF_MAX = 30.0
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
 def reserve_port(address: str) -> tuple[str, socket.socket | None]:
@@ -72,7 +73,15 @@ class Supervisor:
             self._signal_children(signal.SIGHUP, CHECK)
 
     def spawn(self, role: str) -> None:
-        pid = os.fork()
+        # Signals stay blocked across the fork until the child has its own handlers: a SIGTERM that
+        # arrives in between is then delivered to them instead of being lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         if pid == 0:
             code = 1
             try:
@@ -86,7 +95,7 @@ class Supervisor:
         log.info("started %s process %d", role, pid)
 
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        for signum in _HANDLED:
             signal.signal(signum, self._on_signal)
         self.spawn(ADMIN)
         for _ in range(self.workers):
@@ -140,7 +149,11 @@ def run_child(settings: Settings, role: str) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
-    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the first load below, which reads the newest files
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
+    if stop.is_set():
+        return 0
     if role == ADMIN:
         supervisor = os.getppid()
         service = Service(settings, serve_check=False, on_reloaded=lambda: os.kill(supervisor, signal.SIGUSR1))

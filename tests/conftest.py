@@ -1,3 +1,4 @@
 """Shared pytest fixtures: each area keeps its fixtures in a plugin module beside this file."""
 
-pytest_plugins = ["fixtures_service", "fixtures_allowlist"]
+# in dependency order: a plugin must be registered before another one imports it
+pytest_plugins = ["fixtures_geo", "fixtures_allowlist", "fixtures_service"]

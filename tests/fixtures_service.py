@@ -151,7 +151,9 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_for_health(address: str, timeout: float = 60.0, service: str = "") -> None:
+def wait_for_health(
+    address: str, timeout: float = 60.0, service: str = "", process: subprocess.Popen | None = None
+) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
@@ -166,6 +168,8 @@ def wait_for_health(address: str, timeout: float = 60.0, service: str = "") -> N
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{address} not SERVING after {timeout}s")
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the server exited with code {process.returncode}")
             time.sleep(0.1)
 
 
@@ -198,8 +202,8 @@ def start_server_process(settings: Settings, tmp_path: Path, *extra: str) -> Ser
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = ServerProcess(process, check_addr, admin_addr, log_path)
     try:
-        wait_for_health(check_addr)
-        wait_for_health(admin_addr)
+        wait_for_health(check_addr, process=process)
+        wait_for_health(admin_addr, process=process)
     except BaseException:
         process.kill()
         process.wait()

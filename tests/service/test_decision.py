@@ -51,7 +51,7 @@ def worlds(tmp_path_factory):
     return {
         "enforce": _snapshot(base / "enforce"),
         "monitor": _snapshot(base / "monitor", mode="monitor"),
-        "lenient": _snapshot(base / "lenient", gray="allow", serial="allow", region="allow"),
+        "lenient": _snapshot(base / "lenient", OverrideIndex.empty(), gray="allow", serial="allow", region="allow"),
         "no-overrides": _snapshot(base / "plain", overrides=OverrideIndex.empty()),
     }
 
@@ -86,7 +86,7 @@ CASES = [
     ("no-overrides", "CN-0001", IP_BERLIN, BLOCK, Reason.GRAY_IMPORT, True, "markets.CN"),
     ("no-overrides", "US-0001", IP_BEIJING, BLOCK, Reason.GRAY_IMPORT, True, "markets.US"),
     ("lenient", "CN-0001", IP_BERLIN, ALLOW, Reason.GRAY_IMPORT, True, "markets.CN"),
-    ("monitor", "CN-0001", IP_BERLIN, ALLOW, Reason.GRAY_IMPORT, False, "markets.CN"),
+    ("monitor", "US-0001", IP_BERLIN, ALLOW, Reason.GRAY_IMPORT, False, "markets.US"),
     # step 7: authorized, with case and white space normalized, IPv6 and IPv4-mapped IPv6
     ("no-overrides", "EEA-0001", IP_BERLIN, ALLOW, Reason.AUTHORIZED, True, "markets.EEA"),
     ("no-overrides", "  eea-0001 ", "2001:db8:1::5", ALLOW, Reason.AUTHORIZED, True, "markets.EEA"),
@@ -125,12 +125,12 @@ def test_response_details(worlds):
 
 
 def test_explain_traces_every_step(worlds):
-    decision = decide(worlds["monitor"], "CN-0001", IP_BERLIN, NOW, explain=True)
+    decision = decide(worlds["monitor"], "US-0001", IP_BERLIN, NOW, explain=True)
     trace = "\n".join(decision.trace)
     assert "5.0.0.0/16" in trace
     assert "DE-BE" in trace
-    assert "market CN" in trace
-    assert "override" in trace
+    assert "market US" in trace
+    assert "expired" in trace
     assert "monitor" in trace
     locked = decide(worlds["enforce"], "EEA-0001", IP_BERLIN, NOW, explain=True)
     assert any("LOCK by alice" in line for line in locked.trace)

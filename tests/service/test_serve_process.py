@@ -56,14 +56,14 @@ def test_grpcurl_lists_both_services_and_checks_health(server):
 
 
 def test_grpcurl_check_device_with_json(server):
-    body = json.dumps({"serial": "EEA-0001", "ip": IP_CRIMEA, "requestId": "g1", "explain": True})
+    body = json.dumps({"serial": "EEA-0001", "ip": IP_CRIMEA, "request_id": "g1", "explain": True})
     result = grpcurl("-plaintext", "-d", body, server.check_addr, "regionlock.v1.DeviceCheckService/CheckDevice")
     assert result.returncode == 0, result.stderr
     response = json.loads(result.stdout)
     assert response["verdict"] == "VERDICT_BLOCK"
     assert response["reason"] == "REASON_REGION_RESTRICTED"
     assert response["region"]["subdivision"] == "UA-43"
-    assert response["requestId"] == "g1"
+    assert response["request_id"] == "g1"
     assert response["trace"]
 
 

@@ -78,3 +78,10 @@ def test_bad_config_file(tmp_path):
         load_settings({"config": str(unknown)}, environ={})
     with pytest.raises(SettingsError, match="can't read"):
         load_settings({"config": str(tmp_path / "missing.toml")}, environ={})
+
+
+def test_paths_from_flags_and_environment_are_paths(tmp_path):
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={"REGIONLOCK_TOKENS": "~/tokens.json"})
+    assert settings.data_dir == tmp_path
+    assert isinstance(settings.data_dir, Path)
+    assert settings.tokens_path == Path.home() / "tokens.json"
