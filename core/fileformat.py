@@ -94,6 +94,11 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     fd, tmp_path = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w+b") as f:
+            # mkstemp creates the file 0600: give the data file the permissions open() would
+            # (0666 & ~umask), so that service workers running as another user can read it
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -75,7 +75,9 @@ def _build(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="regionlock allowlist: warning: %(message)s")
     progress = _TtyProgress()
     try:
-        report = build_allowlist(args.csv, args.output, memory=memory, skip_invalid=args.skip_invalid, progress=progress)
+        report = build_allowlist(
+            args.csv, args.output, memory=memory, skip_invalid=args.skip_invalid, progress=progress
+        )
     except (BuildError, ValueError, OSError) as exc:
         progress.done()
         _fail(str(exc).replace("\n", " "))
@@ -126,7 +128,9 @@ def _demo(args: argparse.Namespace) -> int:
             progress = _TtyProgress()
             report = build_demo(args.n, args.output, args.seed, progress=progress)
             progress.done()
-            print(f"wrote {report.output}: {report.count} demo serials (seed {args.seed}), build {report.header.build_id}")
+            print(
+                f"wrote {report.output}: {report.count} demo serials (seed {args.seed}), build {report.header.build_id}"
+            )
     except (ValueError, OSError) as exc:
         _fail(str(exc))
     return 0

@@ -140,6 +140,18 @@ def _mark_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
+def _exit_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when the supervisor dies, so no worker is orphaned."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.warning("workers can't follow the supervisor's death on this platform")
+
+
 def run_child(settings: Settings, role: str) -> int:
     """The body of one forked process: serve its role until SIGTERM, reload on SIGHUP."""
     from regionlock.service.errors import ServiceError
@@ -151,6 +163,7 @@ def run_child(settings: Settings, role: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the first load below, which reads the newest files
+    _exit_with_parent()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
     if stop.is_set():
         return 0

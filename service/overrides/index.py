@@ -157,6 +157,10 @@ class OverrideIndexRefresher:
 
     refresh_now = refresh  # the admin servicer's name for "catch up before answering"
 
+    def wake(self) -> None:
+        """Catch up now rather than at the next poll (the store's change notifications call this)."""
+        self._wake.set()
+
     def staleness_seconds(self) -> float:
         """Seconds since the index last caught up with the store (infinity before the first success)."""
         if self.last_success_monotonic is None:

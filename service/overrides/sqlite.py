@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
-from regionlock.service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from regionlock.service.errors import FailedPrecondition, InvalidArgument, Unavailable
 from regionlock.service.overrides.model import (
     AuditEvent,
     BulkResult,
@@ -25,13 +25,14 @@ from regionlock.service.overrides.model import (
 )
 from regionlock.service.overrides.store import (
     OverrideStore,
+    audit_request,
     check_actor,
     check_bulk,
-    count_bulk,
     cut_page,
-    decode_page_token,
-    page_size_or_default,
-    plan_sets,
+    list_request,
+    write_bulk,
+    write_delete,
+    write_set,
 )
 
 logger = logging.getLogger(__name__)
@@ -191,65 +192,25 @@ class SqliteOverrideStore(OverrideStore):
             raise
         conn.execute("COMMIT")
 
-    # -- helpers inside a transaction --------------------------------------------------------------------
-
-    @staticmethod
-    def _current(conn: sqlite3.Connection) -> int:
-        return conn.execute("SELECT value FROM revision WHERE id = 1").fetchone()[0]
-
-    @staticmethod
-    def _next(conn: sqlite3.Connection) -> int:
-        (value,) = conn.execute("UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value").fetchone()
-        return value
-
-    @staticmethod
-    def _get(conn: sqlite3.Connection, serial: str) -> Override | None:
-        row = conn.execute(f"SELECT {_COLUMNS} FROM overrides WHERE serial = ?", (serial,)).fetchone()
-        return None if row is None else _override(row)
-
-    @staticmethod
-    def _get_many(conn: sqlite3.Connection, serials: list[str]) -> dict[str, Override]:
-        found: dict[str, Override] = {}
-        for start in range(0, len(serials), _IN_CHUNK):
-            chunk = serials[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for row in conn.execute(f"SELECT {_COLUMNS} FROM overrides WHERE serial IN ({marks})", chunk):
-                found[row[0]] = _override(row)
-        return found
-
     # -- the interface -----------------------------------------------------------------------------------
 
     def set(self, change: OverrideChange, actor: str, now: datetime) -> tuple[Override, int]:
         change = change.validate(now)
         check_actor(actor)
         with self._transaction(write=True) as conn:
-            existing = self._get_many(conn, [change.serial])
-            before = existing.get(change.serial)
-            changed = before is None or not before.same_request(change)
-            rev = self._next(conn) if changed else before.revision
-            writes, events = plan_sets([change], existing, actor, now, rev)
-            conn.executemany(_UPSERT, map(_params, writes))
-            conn.executemany(_AUDIT, map(_audit_params, events))
-            return (writes[0] if writes else before), rev
+            return write_set(_Writer(conn), change, actor, now)
 
     def get(self, serial: str) -> Override | None:
         serial = validate_serial(serial)
         with self._connection() as conn:
-            return self._get(conn, serial)
+            return _Writer(conn).get_many([serial]).get(serial)
 
     def delete(self, serial: str, reason: str, ticket: str, actor: str, now: datetime) -> int:
         serial = validate_serial(serial)
         validate_reason_ticket(reason, ticket)
         check_actor(actor)
         with self._transaction(write=True) as conn:
-            before = self._get(conn, serial)
-            if before is None:
-                raise NotFound(f"no override for serial {serial}")
-            rev = self._next(conn)
-            conn.execute("DELETE FROM overrides WHERE serial = ?", (serial,))
-            event = AuditEvent(rev, now, actor, "delete", serial, before, None, reason, ticket)
-            conn.execute(_AUDIT, _audit_params(event))
-            return rev
+            return write_delete(_Writer(conn), serial, reason, ticket, actor, now)
 
     def list(
         self,
@@ -259,11 +220,9 @@ class SqliteOverrideStore(OverrideStore):
         include_expired: bool,
         now: datetime,
     ) -> tuple[list[Override], str]:
-        size = page_size_or_default(page_size)
-        filters = {"action": None if action is None else action.value, "include_expired": include_expired}
-        after = decode_page_token(page_token, "overrides", filters)
+        size, filters, after = list_request(page_size, page_token, action, include_expired)
         sql = f"SELECT {_COLUMNS} FROM overrides WHERE serial > ?"
-        args: list = [after or ""]
+        args: list = [after]
         if action is not None:
             sql += " AND action = ?"
             args.append(action.value)
@@ -280,22 +239,10 @@ class SqliteOverrideStore(OverrideStore):
         items = check_bulk(changes, now)
         check_actor(actor)
         with self._transaction(write=not dry_run) as conn:
-            existing = self._get_many(conn, [item.serial for item in items])
-            result = count_bulk(items, existing, self._current(conn))
-            if dry_run or not (result.created or result.changed):
-                if not dry_run:  # all unchanged: no new revision, but the trail still says what was asked
-                    conn.executemany(_AUDIT, map(_audit_params, plan_sets(items, existing, actor, now, 0)[1]))
-                return result
-            rev = self._next(conn)  # one revision for the whole call
-            writes, events = plan_sets(items, existing, actor, now, rev)
-            conn.executemany(_UPSERT, map(_params, writes))
-            conn.executemany(_AUDIT, map(_audit_params, events))
-            return BulkResult(result.created, result.changed, result.unchanged, rev)
+            return write_bulk(_Writer(conn), items, actor, now, dry_run)
 
     def list_audit(self, page_size: int, page_token: str, serial: str) -> tuple[list[AuditEvent], str]:
-        size = page_size_or_default(page_size)
-        serial = validate_serial(serial) if serial else ""
-        before_id = decode_page_token(page_token, "audit", {"serial": serial})
+        size, serial, before_id = audit_request(page_size, page_token, serial)
         sql = "SELECT id, revision, time_us, actor, action, serial, before, after, reason, ticket FROM audit"
         conditions, args = [], []
         if before_id is not None:
@@ -314,17 +261,17 @@ class SqliteOverrideStore(OverrideStore):
 
     def revision(self) -> int:
         with self._connection() as conn:
-            return self._current(conn)
+            return _Writer(conn).current()
 
     def load_all(self) -> tuple[dict[str, Override], int]:
         with self._transaction(write=False) as conn:
-            rev = self._current(conn)
+            rev = _Writer(conn).current()
             rows = conn.execute(f"SELECT {_COLUMNS} FROM overrides").fetchall()
         return {row[0]: _override(row) for row in rows}, rev
 
     def changes_since(self, revision: int) -> tuple[dict[str, Override | None], int]:
         with self._transaction(write=False) as conn:
-            current = self._current(conn)
+            current = _Writer(conn).current()
             if current <= revision:
                 return {}, current  # the cheap common case of a poll: nothing new
             rows = conn.execute(
@@ -341,6 +288,40 @@ class SqliteOverrideStore(OverrideStore):
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class _Writer:
+    """The StoreWriter of one SQLite transaction (see store.write_set and friends)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def current(self) -> int:
+        return self.conn.execute("SELECT value FROM revision WHERE id = 1").fetchone()[0]
+
+    def next_revision(self) -> int:
+        (value,) = self.conn.execute("UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value").fetchone()
+        return value
+
+    def get_many(self, serials: list[str]) -> dict[str, Override]:
+        found: dict[str, Override] = {}
+        for start in range(0, len(serials), _IN_CHUNK):
+            chunk = serials[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(f"SELECT {_COLUMNS} FROM overrides WHERE serial IN ({marks})", chunk):
+                found[row[0]] = _override(row)
+        return found
+
+    def put(self, overrides: list[Override]) -> None:
+        self.conn.executemany(_UPSERT, map(_params, overrides))
+
+    def remove(self, serial: str) -> None:
+        self.conn.execute("DELETE FROM overrides WHERE serial = ?", (serial,))
+
+    def append(self, events: list[AuditEvent]) -> None:
+        self.conn.executemany(_AUDIT, map(_audit_params, events))
 
 
 def _event(row: Sequence) -> AuditEvent:

@@ -24,16 +24,17 @@ import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from regionlock.service.errors import InvalidArgument
+from regionlock.service.errors import InvalidArgument, NotFound
 from regionlock.service.overrides.model import (
     AuditEvent,
     BulkResult,
     Override,
     OverrideAction,
     OverrideChange,
+    validate_serial,
 )
 
 DEFAULT_PAGE_SIZE = 100
@@ -93,6 +94,45 @@ class OverrideStore(abc.ABC):
     def close(self) -> None:
         """Release connections; further calls fail."""
 
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` (from a background thread, cheaply) whenever the store learns that another
+        process or replica may have committed a change, and after reconnecting. A hint to catch up with
+        changes_since sooner, not a substitute for polling: stores without notifications do nothing."""
+        return None
+
+
+class StoreWriter(Protocol):
+    """What the shared write logic below needs from an open transaction of a store.
+
+    For writes (not dry runs) the transaction holds the store's write lock from its start (SQLite's
+    BEGIN IMMEDIATE, PostgreSQL's row lock on the revision counter), so what it reads stays true until it
+    commits and audit events are appended in commit order.
+    """
+
+    def current(self) -> int:
+        """The latest committed revision."""
+        ...
+
+    def next_revision(self) -> int:
+        """Increment the revision counter; the new value."""
+        ...
+
+    def get_many(self, serials: list[str]) -> dict[str, Override]:
+        """The stored overrides of those (normalized) serials that have one."""
+        ...
+
+    def put(self, overrides: list[Override]) -> None:
+        """Insert or replace these overrides."""
+        ...
+
+    def remove(self, serial: str) -> None:
+        """Delete the override of `serial`."""
+        ...
+
+    def append(self, events: list[AuditEvent]) -> None:
+        """Append these events to the audit trail, in order."""
+        ...
+
 
 def check_bulk(changes: Sequence[OverrideChange], now: datetime) -> list[OverrideChange]:
     """Validate a bulk request before any I/O: size, each item (errors name items[i].field), duplicates."""
@@ -138,6 +178,63 @@ def plan_sets(
         writes.append(after)
         events.append(_event(revision, now, actor, "set", before, after, item))
     return writes, events
+
+
+def write_set(tx: StoreWriter, change: OverrideChange, actor: str, now: datetime) -> tuple[Override, int]:
+    """OverrideStore.set of a validated change inside a write transaction."""
+    existing = tx.get_many([change.serial])
+    before = existing.get(change.serial)
+    changed = before is None or not before.same_request(change)
+    rev = tx.next_revision() if changed else before.revision
+    writes, events = plan_sets([change], existing, actor, now, rev)
+    tx.put(writes)
+    tx.append(events)
+    return (writes[0] if writes else before), rev
+
+
+def write_delete(tx: StoreWriter, serial: str, reason: str, ticket: str, actor: str, now: datetime) -> int:
+    """OverrideStore.delete of a validated serial inside a write transaction."""
+    before = tx.get_many([serial]).get(serial)
+    if before is None:
+        raise NotFound(f"no override for serial {serial}")
+    rev = tx.next_revision()
+    tx.remove(serial)
+    tx.append([AuditEvent(rev, now, actor, "delete", serial, before, None, reason, ticket)])
+    return rev
+
+
+def write_bulk(
+    tx: StoreWriter, items: Sequence[OverrideChange], actor: str, now: datetime, dry_run: bool
+) -> BulkResult:
+    """OverrideStore.bulk_set of checked items inside a transaction (a read-only one will do for dry_run)."""
+    existing = tx.get_many([item.serial for item in items])
+    result = count_bulk(items, existing, tx.current())
+    if dry_run:
+        return result
+    if not (result.created or result.changed):  # no new revision, but the trail still says what was asked
+        tx.append(plan_sets(items, existing, actor, now, 0)[1])
+        return result
+    rev = tx.next_revision()  # one revision for the whole call
+    writes, events = plan_sets(items, existing, actor, now, rev)
+    tx.put(writes)
+    tx.append(events)
+    return BulkResult(result.created, result.changed, result.unchanged, rev)
+
+
+def list_request(
+    page_size: int, page_token: str, action: OverrideAction | None, include_expired: bool
+) -> tuple[int, dict[str, Any], str]:
+    """The page size, the token filters and the serial to list after ("" from the start) of a list call."""
+    size = page_size_or_default(page_size)
+    filters = {"action": None if action is None else action.value, "include_expired": include_expired}
+    return size, filters, decode_page_token(page_token, "overrides", filters) or ""
+
+
+def audit_request(page_size: int, page_token: str, serial: str) -> tuple[int, str, int | None]:
+    """The page size, the normalized serial filter ("" for all) and the event id to list before."""
+    size = page_size_or_default(page_size)
+    serial = validate_serial(serial) if serial else ""
+    return size, serial, decode_page_token(page_token, "audit", {"serial": serial})
 
 
 def _event(revision, now, actor, action, before, after, item: OverrideChange) -> AuditEvent:

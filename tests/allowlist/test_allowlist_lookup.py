@@ -6,12 +6,13 @@ import random
 from pathlib import Path
 
 import pytest
-from fixtures_allowlist import build_allowlist_from_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from regionlock.core import Allowlist, CorruptFileError
 from regionlock.core import _allowlist_reference as ref
+
+from fixtures_allowlist import build_allowlist_from_rows
 
 SERIALS = st.text(st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/."), min_size=1, max_size=32)
 
@@ -144,14 +145,57 @@ def test_hypothesis_differential(tmp_path: Path, rows: dict[str, str], probes: l
 
 
 def test_corrupt_directory_is_an_error_not_a_crash(tmp_path: Path) -> None:
-    path = build_allowlist_from_rows(tmp_path, [(f"S{i}", "CN") for i in range(100)])
+    rows = [(f"S{i}", "CN") for i in range(2000)]
+    path = build_allowlist_from_rows(tmp_path, rows)
     header = Allowlist.open(path).header
+    start, length = header.metadata["fine"]
     data = bytearray(path.read_bytes())
-    data[header.payload_offset : header.payload_offset + header.metadata["directory"][1]] = b"\xff" * header.metadata[
-        "directory"
-    ][1]
+    data[header.payload_offset + start : header.payload_offset + start + length] = b"\xff" * length
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptFileError):
         Allowlist.open(path, verify=True)
-    with pytest.raises(CorruptFileError):
-        Allowlist.open(path, verify=False)
+    allowlist = Allowlist.open(path, verify=False)
+    with pytest.raises(CorruptFileError, match="corrupt allowlist"):
+        allowlist.get_many([s for s, _ in rows])
+    with pytest.raises(CorruptFileError, match="corrupt allowlist"):
+        for serial, _ in rows:
+            allowlist.get(serial)
+
+
+def test_records_sit_in_the_bucket_of_their_hash(tmp_path: Path, make_rows) -> None:
+    rows = make_rows(5, 5000)
+    path = build_allowlist_from_rows(tmp_path, list(rows.items()))
+    info = Allowlist.open(path).info
+    bits = info["bucket_bits"]
+    assert info["group_bits"] == ref.GROUP_BITS
+    buckets = ref.bucket_contents(path)
+    assert len(buckets) == 1 << bits
+    assert sum(len(b) for b in buckets) == len(rows)
+    for b, records in enumerate(buckets):
+        for serial, market in records:
+            assert ref.serial_hash(serial) >> (64 - bits) == b
+            assert rows[serial] == market
+
+
+def test_smaller_groups_when_a_group_overflows(tmp_path: Path, make_rows, monkeypatch: pytest.MonkeyPatch) -> None:
+    from regionlock.core import allowlist_build
+
+    split = allowlist_build.split_directory
+    monkeypatch.setattr(allowlist_build, "split_directory", lambda d, g: None if g > 2 else split(d, g))
+    rows = make_rows(6, 3000)
+    path = build_allowlist_from_rows(tmp_path, list(rows.items()))
+    allowlist = Allowlist.open(path)
+    assert allowlist.info["group_bits"] == 2
+    assert allowlist.get_many(list(rows)) == list(rows.values())
+    assert sum(len(b) for b in ref.bucket_contents(path)) == len(rows)
+
+
+def test_an_allowlist_not_opened_is_empty_not_a_crash() -> None:
+    with pytest.raises(TypeError, match=r"Allowlist\.open"):
+        Allowlist()
+    blank = Allowlist.__new__(Allowlist)
+    assert blank.get("ABC") is None
+    assert blank.get_many(["ABC"]) == [None]
+    assert len(blank) == 0
+    with pytest.raises(IndexError):
+        blank.entry(0)

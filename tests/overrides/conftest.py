@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,24 +12,37 @@ import pytest
 
 from regionlock.service.overrides.store import OverrideStore, open_store
 
+from fixtures_postgres import private_schema, require_postgres
+from fixtures_postgres import store_url as postgres_store_url
+
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-def _sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'overrides.sqlite3'}"
+@contextlib.contextmanager
+def _sqlite_url(tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'overrides.sqlite3'}"
 
 
-# Each implementation: a function giving a fresh, empty store URL for one test. Issue 8 adds "postgresql"
-# here (a per-test database or schema); every test taking `store` or `store_url` then runs against both.
-STORE_URLS: dict[str, Callable[[Path], str]] = {
+@contextlib.contextmanager
+def _postgresql_url(tmp_path: Path) -> Iterator[str]:
+    require_postgres()
+    with private_schema() as schema:  # a schema of its own in the shared test database, dropped afterwards
+        yield postgres_store_url(schema)
+
+
+# Each implementation: a context giving a fresh, empty store URL for one test (and cleaning up after it);
+# every test taking `store` or `store_url` runs against each.
+STORE_URLS: dict[str, Callable[[Path], AbstractContextManager[str]]] = {
     "sqlite": _sqlite_url,
+    "postgresql": _postgresql_url,
 }
 
 
 @pytest.fixture(params=sorted(STORE_URLS))
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a fresh, empty store of each implementation."""
-    return STORE_URLS[request.param](tmp_path)
+    with STORE_URLS[request.param](tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ import time
 import urllib.request
 
 import grpc
-from fixtures_service import IP_CRIMEA, free_port, start_server_process, stop_server_process
 
 from regionlock.admin.v1 import admin_pb2 as apb
 from regionlock.admin.v1 import admin_pb2_grpc as apb_grpc
 from regionlock.service.auth import create_token
 from regionlock.v1 import device_check_pb2 as pb
 from regionlock.v1 import device_check_pb2_grpc as pb_grpc
+
+from fixtures_service import IP_CRIMEA, free_port, start_server_process, stop_server_process
 
 
 def _check_on_fresh_connections(address: str, serial: str, n: int) -> list[pb.CheckDeviceResponse]:

@@ -1,0 +1,1 @@
+"""Benchmarks of the regionlock core and service; results in RESULTS.md."""

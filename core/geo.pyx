@@ -1,0 +1,820 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The IP-to-region database: a DIR-24-8 (IPv4) and Poptrie (IPv6) read in place from an mmap'ed file."""
+
+# Payload layout (format version 1, little-endian), sizes given in the metadata's "layout":
+#   tbl24   2**24 x u32      IPv4 by the top 24 bits: a leaf, or PTR | tbl8 group index
+#   tbl8    groups x 256 u32 IPv4 by the last 8 bits: a leaf
+#   direct  65536 x u32      IPv6 by the top 16 bits: a leaf, or PTR | node index
+#   nodes   count x 24 bytes Poptrie nodes of stride 6: vector u64, leafvec u64, base0 u32, base1 u32
+#   leaves  count x u32      the nodes' leaves, runs of equal leaves stored once
+# A leaf is region id (bits 0-15, 0 = in no network) | prefix length of the matched network << 16.
+# A Poptrie node's child for 6-bit chunk v is node base1 + popcount(vector & mask(v)) - 1 if bit v of
+# vector is set, else leaf base0 + popcount(leafvec & mask(v)) - 1, where mask(v) keeps bits 0..v.
+# Every index read from the file is bounds-checked before use: a damaged file gives wrong answers, never a crash.
+
+cimport cython
+from cpython cimport array as carray
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.unicode cimport PyUnicode_FromStringAndSize
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memchr, memcpy
+
+import array
+import ipaddress
+import sys
+
+from regionlock.core.errors import CorruptFileError
+from regionlock.core.fileformat import map_data_file
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+
+cdef extern from *:
+    """
+    #define RL_PTR 0x80000000u
+    #define RL_LANES 16
+    typedef struct { uint64_t vector; uint64_t leafvec; uint32_t base0; uint32_t base1; } rl_node;
+    typedef struct { int v6; uint64_t hi; uint64_t lo; } rl_addr;  /* IPv4: lo, with hi == 0 */
+    typedef struct {
+        const uint32_t* tbl24; const uint32_t* tbl8; uint32_t ngroups;
+        const uint32_t* direct; const rl_node* nodes; uint32_t nnodes; const uint32_t* leaves; uint32_t nleaves;
+    } rl_tables;
+
+    static inline unsigned rl_popcount(uint64_t x) {
+        x = x - ((x >> 1) & 0x5555555555555555ULL);
+        x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+        x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+        return (unsigned)((x * 0x0101010101010101ULL) >> 56);
+    }
+    static inline uint32_t rl_bits6(uint64_t hi, uint64_t lo, int offset) {
+        if (offset <= 58) return (uint32_t)(hi >> (58 - offset)) & 63;
+        if (offset >= 64) {
+            offset -= 64;
+            if (offset <= 58) return (uint32_t)(lo >> (58 - offset)) & 63;
+            return (uint32_t)(lo << (offset - 58)) & 63;
+        }
+        return (uint32_t)((hi << (offset - 58)) | (lo >> (122 - offset))) & 63;
+    }
+    static inline uint32_t rl_leaf4(const rl_tables* t, uint32_t a) {
+        uint32_t e = t->tbl24[a >> 8];
+        if (e & RL_PTR) {
+            e &= ~RL_PTR;
+            if (e >= t->ngroups) return 0;
+            e = t->tbl8[((size_t)e << 8) | (a & 255)];
+            if (e & RL_PTR) return 0;
+        }
+        return e;
+    }
+    /* One step of an IPv6 walk at node *index: 1 = went down a level, 0 = done with *out set. */
+    static inline __attribute__((always_inline)) int rl_step6(
+            const rl_tables* t, const rl_addr* a, uint32_t* index, int* offset, uint32_t* out, const int hw) {
+        const rl_node* node;
+        uint64_t bit, below;
+        unsigned count;
+        uint32_t li;
+        if (*index >= t->nnodes || *offset > 124) { *out = 0; return 0; }
+        node = &t->nodes[*index];
+        bit = (uint64_t)1 << rl_bits6(a->hi, a->lo, *offset);
+        below = bit | (bit - 1);
+        if (node->vector & bit) {
+            count = hw ? (unsigned)__builtin_popcountll(node->vector & below) : rl_popcount(node->vector & below);
+            *index = node->base1 + count - 1;
+            *offset += 6;
+            return 1;
+        }
+        count = hw ? (unsigned)__builtin_popcountll(node->leafvec & below) : rl_popcount(node->leafvec & below);
+        li = node->base0 + count - 1;
+        *out = (count && li < t->nleaves) ? t->leaves[li] : 0;
+        return 0;
+    }
+    static inline uint32_t rl_leaf6(const rl_tables* t, const rl_addr* a) {
+        uint32_t e = t->direct[a->hi >> 48], index, out;
+        int offset = 16;
+        if (!(e & RL_PTR)) return e;
+        index = e & ~RL_PTR;
+        while (rl_step6(t, a, &index, &offset, &out, 0)) {}
+        return out;
+    }
+    /* out[i] = the leaf of a[i]; IPv6 walks run interleaved in lanes so that their memory reads overlap. */
+    static inline __attribute__((always_inline)) void rl_walk_body(
+            const rl_tables* tables, const rl_addr* a, uint32_t* out, Py_ssize_t n, const int hw) {
+        const rl_tables copy = *tables;  /* a local copy: the stores to out can't alias it */
+        const rl_tables* t = &copy;
+        uint32_t index[RL_LANES];
+        int offset[RL_LANES];
+        Py_ssize_t lane[RL_LANES];
+        Py_ssize_t i = 0;
+        int k, m, active;
+        uint32_t e;
+        while (i < n) {
+            active = 0;
+            for (; i < n && active < RL_LANES; i++) {
+                if (!a[i].v6) { out[i] = rl_leaf4(t, (uint32_t)a[i].lo); continue; }
+                e = t->direct[a[i].hi >> 48];
+                if (!(e & RL_PTR)) { out[i] = e; continue; }
+                index[active] = e & ~RL_PTR;
+                offset[active] = 16;
+                lane[active] = i;
+                active++;
+            }
+            while (active) {
+                m = active;
+                for (k = 0; k < m;) {
+                    if (rl_step6(t, &a[lane[k]], &index[k], &offset[k], &out[lane[k]], hw)) { k++; continue; }
+                    m--;  /* this lane is done: the last active lane takes its place */
+                    index[k] = index[m]; offset[k] = offset[m]; lane[k] = lane[m];
+                }
+                active = m;
+            }
+        }
+    }
+    static void rl_walk_sw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) {
+        rl_walk_body(t, a, out, n, 0);
+    }
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __attribute__((target("popcnt"))) static void rl_walk_hw(
+            const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) {
+        rl_walk_body(t, a, out, n, 1);
+    }
+    static int rl_have_hw_popcount(void) { __builtin_cpu_init(); return __builtin_cpu_supports("popcnt"); }
+    #else
+    static void rl_walk_hw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) {
+        rl_walk_body(t, a, out, n, 1);
+    }
+    static int rl_have_hw_popcount(void) { return 1; }
+    #endif
+    typedef void (*rl_walk_fn)(const rl_tables*, const rl_addr*, uint32_t*, Py_ssize_t);
+    """
+    uint32_t RL_PTR
+    ctypedef struct rl_node:
+        uint64_t vector
+        uint64_t leafvec
+        uint32_t base0
+        uint32_t base1
+    ctypedef struct rl_addr:
+        int v6
+        uint64_t hi
+        uint64_t lo
+    ctypedef struct rl_tables:
+        const uint32_t* tbl24
+        const uint32_t* tbl8
+        uint32_t ngroups
+        const uint32_t* direct
+        const rl_node* nodes
+        uint32_t nnodes
+        const uint32_t* leaves
+        uint32_t nleaves
+    ctypedef void (*rl_walk_fn)(const rl_tables*, const rl_addr*, uint32_t*, Py_ssize_t) noexcept nogil
+    uint32_t rl_leaf4(const rl_tables* t, uint32_t a) noexcept nogil
+    uint32_t rl_leaf6(const rl_tables* t, const rl_addr* a) noexcept nogil
+    void rl_walk_sw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) noexcept nogil
+    void rl_walk_hw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) noexcept nogil
+    int rl_have_hw_popcount() noexcept nogil
+
+ctypedef rl_addr Addr
+
+# the batch walker: with the popcnt instruction where the CPU has it (chosen once, at import)
+cdef rl_walk_fn walk_many = rl_walk_hw if rl_have_hw_popcount() else rl_walk_sw
+
+MAGIC = b"RLGEO\0\0\0"
+FORMAT_VERSION = 1
+MAX_REGIONS = 65535
+TBL24_ENTRIES = 1 << 24
+DIRECT_ENTRIES = 1 << 16
+NODE_SIZE = sizeof(rl_node)
+
+cdef carray.array _U16 = array.array("H")
+
+
+# --- parsing IP address text, as strictly as the ipaddress module ---------------------------------------------
+
+cdef int parse_v4(const char* s, Py_ssize_t n, uint32_t* out) noexcept nogil:
+    """Dotted-quad IPv4: 4 decimal octets, no leading zeros, each <= 255. Return 1 if valid, else 0."""
+    cdef uint32_t addr = 0, octet
+    cdef int parts = 0, digits
+    cdef Py_ssize_t i = 0
+    cdef char first
+    while True:
+        if i >= n:
+            return 0
+        first = s[i]
+        digits = 0
+        octet = 0
+        while i < n and c'0' <= s[i] <= c'9':
+            octet = octet * 10 + <uint32_t>(s[i] - c'0')
+            digits += 1
+            i += 1
+            if digits > 3:
+                return 0
+        if digits == 0 or (digits > 1 and first == c'0') or octet > 255:
+            return 0
+        addr = (addr << 8) | octet
+        parts += 1
+        if parts == 4:
+            if i != n:
+                return 0
+            out[0] = addr
+            return 1
+        if i >= n or s[i] != c'.':
+            return 0
+        i += 1
+
+
+cdef inline int hex_value(char c) noexcept nogil:
+    if c'0' <= c <= c'9':
+        return c - c'0'
+    if c'a' <= c <= c'f':
+        return c - c'a' + 10
+    if c'A' <= c <= c'F':
+        return c - c'A' + 10
+    return -1
+
+
+cdef int parse_v6(const char* s, Py_ssize_t n, uint64_t* hi, uint64_t* lo) noexcept nogil:
+    """IPv6 text with '::' and an IPv4 tail, by the rules of ipaddress (no zone id). 1 if valid, else 0."""
+    cdef Py_ssize_t starts[10]
+    cdef Py_ssize_t lens[10]  # -1: a hextet already parsed from an IPv4 tail, value in vals
+    cdef uint32_t vals[10]
+    cdef uint32_t v4, h
+    cdef uint32_t hextets[8]
+    cdef int np = 0, skip = -1, parts_hi, parts_lo, skipped, i, j, k, d
+    cdef Py_ssize_t b = 0, p
+    if n > 45:
+        return 0
+    for p in range(n + 1):
+        if p == n or s[p] == c':':
+            if np >= 9:
+                return 0
+            starts[np] = b
+            lens[np] = p - b
+            np += 1
+            b = p + 1
+    if np < 3:
+        return 0
+    if memchr(s + starts[np - 1], c'.', lens[np - 1]) != NULL:
+        if not parse_v4(s + starts[np - 1], lens[np - 1], &v4) or np >= 9:
+            return 0
+        lens[np - 1] = -1
+        vals[np - 1] = v4 >> 16
+        lens[np] = -1
+        vals[np] = v4 & 0xFFFF
+        np += 1
+    for i in range(1, np - 1):
+        if lens[i] == 0:
+            if skip >= 0:
+                return 0
+            skip = i
+    if skip >= 0:
+        parts_hi = skip
+        parts_lo = np - skip - 1
+        if lens[0] == 0:
+            parts_hi -= 1
+            if parts_hi:
+                return 0
+        if lens[np - 1] == 0:
+            parts_lo -= 1
+            if parts_lo:
+                return 0
+        skipped = 8 - (parts_hi + parts_lo)
+        if skipped < 1:
+            return 0
+    else:
+        if np != 8 or lens[0] == 0 or lens[np - 1] == 0:
+            return 0
+        parts_hi = np
+        parts_lo = 0
+        skipped = 0
+    k = 0
+    for i in range(np):
+        if i < parts_hi or i >= np - parts_lo:
+            if lens[i] == -1:
+                h = vals[i]
+            else:
+                if lens[i] < 1 or lens[i] > 4:
+                    return 0
+                h = 0
+                for j in range(lens[i]):
+                    d = hex_value(s[starts[i] + j])
+                    if d < 0:
+                        return 0
+                    h = (h << 4) | <uint32_t>d
+            hextets[k] = h
+            k += 1
+        if i == parts_hi - 1 or (parts_hi == 0 and i == 0):
+            for j in range(skipped):
+                hextets[k] = 0
+                k += 1
+    if k != 8:
+        return 0
+    hi[0] = 0
+    lo[0] = 0
+    for i in range(4):
+        hi[0] = (hi[0] << 16) | hextets[i]
+        lo[0] = (lo[0] << 16) | hextets[i + 4]
+    return 1
+
+
+cdef inline int parse_text(const char* s, Py_ssize_t n, Addr* a) noexcept nogil:
+    """Parse IPv4 or IPv6 text into a; an IPv4-mapped IPv6 address becomes IPv4. 1 if valid, else 0."""
+    cdef uint32_t v4
+    if memchr(s, c':', n) == NULL:
+        a.v6 = False
+        a.hi = 0
+        if not parse_v4(s, n, &v4):
+            return 0
+        a.lo = v4
+        return 1
+    if not parse_v6(s, n, &a.hi, &a.lo):
+        return 0
+    a.v6 = not (a.hi == 0 and (a.lo >> 32) == 0xFFFF)
+    if not a.v6:
+        a.lo &= 0xFFFFFFFFUL
+    return 1
+
+
+cdef inline uint64_t load_be64(const uint8_t* p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef inline void packed6_to_addr(const uint8_t* p, Addr* a) noexcept nogil:
+    a.hi = load_be64(p)
+    a.lo = load_be64(p + 8)
+    a.v6 = not (a.hi == 0 and (a.lo >> 32) == 0xFFFF)
+    if not a.v6:
+        a.lo &= 0xFFFFFFFFUL
+
+
+cdef int parse_object(object ip, Addr* a) except -1:
+    """Parse str, bytes (4 or 16), int (below 2**32: IPv4, else IPv6) or an ipaddress address into a."""
+    cdef Py_ssize_t n
+    cdef const char* s
+    if type(ip) is str:
+        try:
+            s = PyUnicode_AsUTF8AndSize(ip, &n)
+        except UnicodeError:
+            raise ValueError(f"invalid IP address: {ip!r}") from None
+        if parse_text(s, n, a):
+            return 0
+        raise ValueError(f"invalid IP address: {ip!r}")
+    if isinstance(ip, bytes):
+        n = PyBytes_GET_SIZE(ip)
+        s = PyBytes_AS_STRING(ip)
+        if n == 4:
+            a.v6 = False
+            a.hi = 0
+            a.lo = (<uint32_t>(<uint8_t>s[0]) << 24) | (<uint32_t>(<uint8_t>s[1]) << 16) | \
+                   (<uint32_t>(<uint8_t>s[2]) << 8) | <uint8_t>s[3]
+            return 0
+        if n == 16:
+            packed6_to_addr(<const uint8_t*>s, a)
+            return 0
+        raise ValueError(f"invalid IP address: {ip!r} (packed addresses are 4 or 16 bytes)")
+    if isinstance(ip, int):
+        if ip < 0 or ip >= (1 << 128):
+            raise ValueError(f"invalid IP address: {ip!r} (out of range)")
+        if ip < (1 << 32):
+            a.v6 = False
+            a.hi = 0
+            a.lo = <uint64_t>ip
+            return 0
+        packed = ip.to_bytes(16, "big")
+        packed6_to_addr(<const uint8_t*>PyBytes_AS_STRING(packed), a)
+        return 0
+    if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return parse_object(ip.packed, a)
+    if isinstance(ip, str):  # a str subclass
+        return parse_object(str(ip), a)
+    raise TypeError(f"an IP address is str, bytes or int, not {type(ip).__name__}: {ip!r}")
+
+
+def parse_ip(ip) -> tuple:
+    """(4, int) or (6, int) for an address given as lookup() takes it; IPv4-mapped IPv6 gives (4, ...)."""
+    cdef Addr a
+    parse_object(ip, &a)
+    if a.v6:
+        return 6, (<object>a.hi << 64) | a.lo
+    return 4, a.lo
+
+
+# --- formatting networks, as str(ipaddress.ip_network(...)) does ---------------------------------------------
+
+cdef str format_network(bint v6, uint64_t hi, uint64_t lo, int prefix):
+    cdef char buf[64]
+    cdef uint32_t h[8]
+    cdef int i, n = 0, best = -1, best_len = 0, run = -1, run_len = 0
+    cdef const char* digits = b"0123456789abcdef"
+    cdef int shift
+    cdef bint started
+    if not v6:
+        return f"{(lo >> 24) & 255}.{(lo >> 16) & 255}.{(lo >> 8) & 255}.{lo & 255}/{prefix}"
+    for i in range(4):
+        h[i] = (hi >> (48 - 16 * i)) & 0xFFFF
+        h[i + 4] = (lo >> (48 - 16 * i)) & 0xFFFF
+    for i in range(8):
+        if h[i] == 0:
+            if run < 0:
+                run = i
+                run_len = 0
+            run_len += 1
+            if run_len > best_len:
+                best = run
+                best_len = run_len
+        else:
+            run = -1
+    if best_len < 2:
+        best = -1
+    i = 0
+    while i < 8:
+        if i == best:
+            if i == 0:
+                buf[n] = c':'
+                n += 1
+            buf[n] = c':'
+            n += 1
+            i += best_len
+            continue
+        started = False
+        for shift in range(12, -4, -4):
+            if started or (h[i] >> shift) & 15 or shift == 0:
+                buf[n] = digits[(h[i] >> shift) & 15]
+                n += 1
+                started = True
+        if i != 7:
+            buf[n] = c':'
+            n += 1
+        i += 1
+    return f"{PyUnicode_FromStringAndSize(buf, n)}/{prefix}"
+
+
+@cython.final
+@cython.freelist(128)
+@cython.no_gc
+cdef class Region:
+    """Where an address is: ISO country, full ISO 3166-2 subdivision or None, and the matched network."""
+
+    cdef readonly str country
+    cdef readonly object subdivision
+    cdef object _network  # formatted lazily
+    cdef uint64_t _hi
+    cdef uint64_t _lo
+    cdef int _prefix  # -1: no network
+    cdef bint _v6
+
+    def __init__(self, str country not None, subdivision=None, network=None):
+        if subdivision is not None and not isinstance(subdivision, str):
+            raise TypeError("subdivision must be a str or None")
+        self.country = country
+        self.subdivision = subdivision
+        self._prefix = -1
+        if network is not None:
+            net = ipaddress.ip_network(network)
+            self._v6 = net.version == 6
+            self._hi = int(net.network_address) >> 64
+            self._lo = int(net.network_address) & 0xFFFFFFFFFFFFFFFFULL
+            self._prefix = net.prefixlen
+
+    @property
+    def network(self):
+        """CIDR text of the source network that matched (the most specific after overlays), or None."""
+        if self._prefix < 0:
+            return None
+        if self._network is None:
+            self._network = format_network(self._v6, self._hi, self._lo, self._prefix)
+        return self._network
+
+    def __eq__(self, other):
+        if not isinstance(other, Region):
+            return NotImplemented
+        cdef Region o = other
+        return (self.country == o.country and self.subdivision == o.subdivision and self._prefix == o._prefix
+                and (self._prefix < 0 or (self._v6 == o._v6 and self._hi == o._hi and self._lo == o._lo)))
+
+    def __hash__(self):
+        if self._prefix < 0:
+            return hash((self.country, self.subdivision))
+        return hash((self.country, self.subdivision, self._v6, self._hi, self._lo, self._prefix))
+
+    def __repr__(self):
+        return f"Region(country={self.country!r}, subdivision={self.subdivision!r}, network={self.network!r})"
+
+    def __reduce__(self):
+        return Region, (self.country, self.subdivision, self.network)
+
+
+# --- the database ---------------------------------------------------------------------------------------------
+
+cdef object _int_field(dict layout, str key, object name):
+    value = layout.get(key)
+    if type(value) is not int or value < 0 or value >= (1 << 31):
+        raise CorruptFileError(f"{name}: corrupt: bad layout field {key!r}")
+    return value
+
+
+@cython.final
+cdef class GeoDatabase:
+    """An opened region database; thread-safe and shareable; lookups never touch the disk beyond the mapping."""
+
+    cdef object _mapping
+    cdef const uint8_t[::1] _view  # keeps the mapping exported: it can't be closed under a lookup
+    cdef object _header
+    cdef rl_tables t  # pointers into the mapping
+    cdef uint32_t nregions  # including the placeholder 0
+    cdef list _countries
+    cdef list _subdivisions
+    cdef list _regions
+    cdef readonly list regions
+    cdef readonly object path
+
+    def __init__(self):
+        raise TypeError("use GeoDatabase.open(path)")
+
+    @classmethod
+    def open(cls, path, bint verify=True):
+        """Map a database file; with verify, check the payload's SHA-256 (reads the file once)."""
+        if sys.byteorder != "little":
+            raise OSError("regionlock geo databases are little-endian; this host is not")
+        cdef GeoDatabase self = GeoDatabase.__new__(GeoDatabase)
+        mapping, header = map_data_file(path, MAGIC, FORMAT_VERSION, verify)
+        try:
+            self._load(mapping, header, path)
+        except BaseException:
+            self._view = None
+            mapping.close()
+            raise
+        return self
+
+    cdef int _load(self, mapping, header, path) except -1:
+        name = str(path)
+        meta = header.metadata
+        layout = meta.get("layout")
+        if not isinstance(layout, dict):
+            raise CorruptFileError(f"{name}: corrupt: no layout in the metadata")
+        ngroups = _int_field(layout, "tbl8_groups", name)
+        nnodes = _int_field(layout, "v6_nodes", name)
+        nleaves = _int_field(layout, "v6_leaves", name)
+        expected = 4 * TBL24_ENTRIES + 1024 * ngroups + 4 * DIRECT_ENTRIES + NODE_SIZE * nnodes + 4 * nleaves
+        if expected != header.payload_length:
+            raise CorruptFileError(f"{name}: corrupt: layout needs {expected} payload bytes, "
+                                   f"the file has {header.payload_length}")
+        table = meta.get("regions")
+        if (not isinstance(table, list) or len(table) > MAX_REGIONS or not all(
+                isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], (str, type(None)))
+                for r in table)):
+            raise CorruptFileError(f"{name}: corrupt: bad region table")
+        self.path = path
+        self._mapping = mapping
+        self._header = header
+        self._view = mapping
+        cdef const uint8_t* p = &self._view[header.payload_offset]
+        self.t.tbl24 = <const uint32_t*>p
+        p += 4 * TBL24_ENTRIES
+        self.t.tbl8 = <const uint32_t*>p
+        self.t.ngroups = ngroups
+        p += 1024 * ngroups
+        self.t.direct = <const uint32_t*>p
+        p += 4 * DIRECT_ENTRIES
+        self.t.nodes = <const rl_node*>p
+        self.t.nnodes = nnodes
+        p += NODE_SIZE * nnodes
+        self.t.leaves = <const uint32_t*>p
+        self.t.nleaves = nleaves
+        self.nregions = len(table) + 1
+        self._countries = [None] + [sys.intern(r[0]) for r in table]
+        self._subdivisions = [None] + [None if r[1] is None else sys.intern(r[1]) for r in table]
+        self.regions = [("", None)] + [(r[0], r[1]) for r in table]
+        self._regions = [None] + [self._make(i) for i in range(1, self.nregions)]
+        return 0
+
+    cdef Region _make(self, uint32_t rid):
+        cdef Region r = Region.__new__(Region)
+        r.country = self._countries[rid]
+        r.subdivision = self._subdivisions[rid]
+        r._prefix = -1
+        return r
+
+    # --- the walks: plain C, no Python objects, no GIL needed ---
+
+    cdef inline uint32_t leaf4(self, uint32_t a) noexcept nogil:
+        return rl_leaf4(&self.t, a)
+
+    cdef inline void leaves_many(self, const Addr* a, uint32_t* out, Py_ssize_t n) noexcept nogil:
+        walk_many(&self.t, a, out, n)
+
+    cdef inline uint32_t leaf(self, Addr* a) noexcept nogil:
+        if a.v6:
+            return rl_leaf6(&self.t, a)
+        return rl_leaf4(&self.t, <uint32_t>a.lo)
+
+    cdef inline uint32_t region_of(self, uint32_t leaf) noexcept nogil:
+        leaf &= 0xFFFF
+        return leaf if leaf < self.nregions else 0
+
+    cdef Region _region_at(self, Addr* a, uint32_t leaf):
+        cdef uint32_t rid = self.region_of(leaf)
+        cdef int prefix = (leaf >> 16) & 0xFF
+        if rid == 0:
+            return None
+        cdef Region r = Region.__new__(Region)
+        r.country = self._countries[rid]
+        r.subdivision = self._subdivisions[rid]
+        r._v6 = a.v6
+        if a.v6:
+            if prefix > 128:
+                prefix = 128
+            r._hi = a.hi & (0 if prefix == 0 else (~(<uint64_t>0)) << (64 - prefix) if prefix < 64 else ~(<uint64_t>0))
+            r._lo = a.lo & (0 if prefix <= 64 else (~(<uint64_t>0)) << (128 - prefix) if prefix < 128
+                            else ~(<uint64_t>0))
+        else:
+            if prefix > 32:
+                prefix = 32
+            r._hi = 0
+            r._lo = a.lo & (0 if prefix == 0 else (0xFFFFFFFFUL << (32 - prefix)) & 0xFFFFFFFFUL)
+        r._prefix = prefix
+        return r
+
+    # --- the Python API ---
+
+    def lookup(self, ip):
+        """The Region of an address (str, bytes of 4 or 16, int), or None if it is in no network."""
+        cdef Addr a
+        parse_object(ip, &a)
+        return self._region_at(&a, self.leaf(&a))
+
+    def region_id(self, ip):
+        """The region id of an address (0: in no network): the fast path; see region() and regions."""
+        cdef Addr a
+        parse_object(ip, &a)
+        return self.region_of(self.leaf(&a))
+
+    def region(self, Py_ssize_t region_id):
+        """The Region (network None) of a region id, None for 0; IndexError if out of range."""
+        if region_id < 0 or region_id >= self.nregions:
+            raise IndexError(f"region id {region_id} out of range 0..{self.nregions - 1}")
+        return self._regions[region_id]
+
+    cdef Addr* _parse_many(self, list items) except NULL:
+        """Parse every item (str without the GIL); raise ValueError naming the first bad one."""
+        cdef Py_ssize_t i, n = len(items), bad = -1
+        cdef Addr* addrs = <Addr*>PyMem_Malloc(sizeof(Addr) * (n + 1))
+        cdef const char** texts = <const char**>PyMem_Malloc(sizeof(char*) * (n + 1))
+        cdef Py_ssize_t* lengths = <Py_ssize_t*>PyMem_Malloc(sizeof(Py_ssize_t) * (n + 1))
+        try:
+            if addrs == NULL or texts == NULL or lengths == NULL:
+                raise MemoryError()
+            for i in range(n):
+                item = items[i]
+                if type(item) is str:
+                    try:
+                        texts[i] = PyUnicode_AsUTF8AndSize(item, &lengths[i])
+                    except UnicodeError:
+                        raise ValueError(f"invalid IP address: {item!r}") from None
+                else:
+                    texts[i] = NULL
+                    parse_object(item, &addrs[i])
+            with nogil:
+                for i in range(n):
+                    if texts[i] != NULL and not parse_text(texts[i], lengths[i], &addrs[i]):
+                        bad = i
+                        break
+            if bad >= 0:
+                raise ValueError(f"invalid IP address: {items[bad]!r}")
+            return addrs
+        except BaseException:
+            PyMem_Free(addrs)
+            raise
+        finally:
+            PyMem_Free(texts)
+            PyMem_Free(lengths)
+
+    def lookup_many(self, ips):
+        """[lookup(ip) for ip in ips], parsing and walking without the GIL."""
+        cdef list items = list(ips)
+        cdef Py_ssize_t i, n = len(items)
+        cdef Addr* addrs = self._parse_many(items)
+        cdef uint32_t* leaves = <uint32_t*>PyMem_Malloc(sizeof(uint32_t) * (n + 1))
+        try:
+            if leaves == NULL:
+                raise MemoryError()
+            with nogil:
+                self.leaves_many(addrs, leaves, n)
+            return [self._region_at(&addrs[i], leaves[i]) for i in range(n)]
+        finally:
+            PyMem_Free(addrs)
+            PyMem_Free(leaves)
+
+    def region_ids(self, ips):
+        """array('H') of the region ids of ips (any iterable of what lookup takes), walked without the GIL."""
+        cdef list items = list(ips)
+        cdef Py_ssize_t i, n = len(items)
+        cdef Addr* addrs = self._parse_many(items)
+        cdef carray.array result = carray.clone(_U16, n, False)
+        cdef uint16_t* out = result.data.as_ushorts
+        cdef uint32_t* leaves = <uint32_t*>PyMem_Malloc(sizeof(uint32_t) * (n + 1))
+        try:
+            if leaves == NULL:
+                raise MemoryError()
+            with nogil:
+                self.leaves_many(addrs, leaves, n)
+                for i in range(n):
+                    out[i] = <uint16_t>self.region_of(leaves[i])
+            return result
+        finally:
+            PyMem_Free(addrs)
+            PyMem_Free(leaves)
+
+    def region_ids_v4(self, buffer):
+        """array('H') of region ids for packed IPv4 addresses: a buffer of native-endian uint32 (array('I'))."""
+        cdef const uint8_t[::1] raw = memoryview(buffer).cast("B")
+        cdef Py_ssize_t i, n = raw.shape[0] // 4
+        cdef uint32_t a
+        if raw.shape[0] % 4:
+            raise ValueError("packed IPv4 addresses: the buffer's length is not a multiple of 4")
+        cdef carray.array result = carray.clone(_U16, n, False)
+        cdef uint16_t* out = result.data.as_ushorts
+        cdef const uint8_t* p = &raw[0] if n else NULL
+        with nogil:
+            for i in range(n):
+                memcpy(&a, p + 4 * i, 4)
+                out[i] = <uint16_t>self.region_of(self.leaf4(a))
+        return result
+
+    def region_ids_v6(self, buffer):
+        """array('H') of region ids for packed IPv6 addresses: 16 bytes each, network order (ip.packed)."""
+        cdef const uint8_t[::1] raw = memoryview(buffer).cast("B")
+        cdef Py_ssize_t i, n = raw.shape[0] // 16
+        if raw.shape[0] % 16:
+            raise ValueError("packed IPv6 addresses: the buffer's length is not a multiple of 16")
+        cdef carray.array result = carray.clone(_U16, n, False)
+        cdef uint16_t* out = result.data.as_ushorts
+        cdef const uint8_t* p = &raw[0] if n else NULL
+        cdef Addr chunk[256]
+        cdef uint32_t leaves[256]
+        cdef Py_ssize_t j, m
+        with nogil:
+            for i in range(0, n, 256):
+                m = min(256, n - i)
+                for j in range(m):
+                    packed6_to_addr(p + 16 * (i + j), &chunk[j])
+                self.leaves_many(chunk, leaves, m)
+                for j in range(m):
+                    out[i + j] = <uint16_t>self.region_of(leaves[j])
+        return result
+
+    def leaves_v4(self, buffer):
+        """array('I') of raw leaves (region id | prefix length << 16) for packed IPv4, for tests and tools."""
+        cdef const uint8_t[::1] raw = memoryview(buffer).cast("B")
+        cdef Py_ssize_t i, n = raw.shape[0] // 4
+        cdef uint32_t a, e
+        result = array.array("I", bytes(4 * n))
+        cdef uint32_t[::1] out = result
+        with nogil:
+            for i in range(n):
+                memcpy(&a, &raw[4 * i], 4)
+                e = self.leaf4(a)
+                out[i] = e if self.region_of(e) else 0
+        return result
+
+    def leaves_v6(self, buffer):
+        """array('I') of raw leaves (region id | prefix length << 16) for packed IPv6, for tests and tools."""
+        cdef const uint8_t[::1] raw = memoryview(buffer).cast("B")
+        cdef Py_ssize_t i, n = raw.shape[0] // 16
+        cdef Addr a
+        cdef uint32_t e
+        result = array.array("I", bytes(4 * n))
+        cdef uint32_t[::1] out = result
+        with nogil:
+            for i in range(n):
+                packed6_to_addr(&raw[16 * i], &a)
+                e = self.leaf(&a)
+                out[i] = e if self.region_of(e) else 0
+        return result
+
+    @property
+    def info(self):
+        """The header: metadata (without the region table), format version, build id, payload size and hash."""
+        meta = {k: v for k, v in self._header.metadata.items() if k != "regions"}
+        meta["format_version"] = self._header.version
+        meta["build_id"] = self._header.build_id
+        meta["payload_sha256"] = self._header.payload_sha256.hex()
+        meta["payload_length"] = self._header.payload_length
+        meta["region_count"] = self.nregions - 1
+        return meta
+
+    @property
+    def build_id(self):
+        """First 16 hex digits of the payload's SHA-256."""
+        return self._header.build_id
+
+    @property
+    def network_count(self):
+        """Number of source networks compiled in (records without a country are not counted)."""
+        networks = self._header.metadata.get("networks", {})
+        return int(networks.get("ipv4", 0)) + int(networks.get("ipv6", 0))
+
+    def __repr__(self):
+        return f"<GeoDatabase {str(self.path)!r} build {self.build_id}>"

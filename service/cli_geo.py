@@ -1,0 +1,109 @@
+"""The `regionlock geo` command: build a region database, look addresses up, print its header."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from regionlock.core.errors import BuildError, DataFileError
+
+
+def register(subparsers: Any) -> None:
+    """Add the `geo` command and its subcommands to an argparse subparsers object."""
+    parser = subparsers.add_parser("geo", help="build and query IP-to-region databases")
+    sub = parser.add_subparsers(dest="geo_command", metavar="COMMAND", required=True)
+
+    build = sub.add_parser(
+        "build",
+        help="compile MaxMind DB and CSV (network,country,subdivision) sources; later sources override",
+    )
+    build.add_argument("sources", nargs="+", metavar="SOURCE")
+    build.add_argument("-o", "--output", required=True, metavar="OUT")
+    build.set_defaults(func=_build)
+
+    lookup = sub.add_parser("lookup", help="print the region of each address as JSON lines")
+    lookup.add_argument("db", metavar="DB")
+    lookup.add_argument("ips", nargs="+", metavar="IP")
+    lookup.set_defaults(func=_lookup)
+
+    info = sub.add_parser("info", help="print the header of a region database as JSON")
+    info.add_argument("db", metavar="DB")
+    info.set_defaults(func=_info)
+
+
+def _fail(message: str) -> None:
+    print(f"regionlock geo: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class _TtyProgress:
+    """Build steps on stderr when it is a terminal, once the build has run for more than a second."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled and time.monotonic() - self.started > 1.0:
+            print(f"regionlock geo: {message}", file=sys.stderr, flush=True)
+
+
+def _open(path: str) -> Any:
+    from regionlock.core.geo import GeoDatabase
+
+    try:
+        return GeoDatabase.open(path)
+    except DataFileError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{path}: {exc.strerror or exc}")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from regionlock.core.geo_build import build_geo_database
+
+    try:
+        header = build_geo_database(args.sources, args.output, progress=_TtyProgress())
+    except BuildError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{exc.filename or args.output}: {exc.strerror or exc}")
+    networks = header.metadata["networks"]
+    print(
+        f"wrote {args.output}: {networks['ipv4']} IPv4 and {networks['ipv6']} IPv6 networks, "
+        f"{len(header.metadata['regions'])} regions, {os.path.getsize(args.output):,} bytes, "
+        f"build {header.build_id}"
+    )
+    return 0
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    db = _open(args.db)
+    lines = []
+    for ip in args.ips:
+        try:
+            region = db.lookup(ip)
+        except ValueError as exc:
+            _fail(str(exc))
+        lines.append(
+            json.dumps(
+                {
+                    "ip": ip,
+                    "country": region.country if region else None,
+                    "subdivision": region.subdivision if region else None,
+                    "network": region.network if region else None,
+                }
+            )
+        )
+    print("\n".join(lines))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    db = _open(args.db)
+    print(json.dumps(db.info, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,47 @@
+"""Pytest plugin: geo databases built with the project's own builder (small CSV worlds and real GeoLite2-City)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from regionlock.core.geo_build import build_geo_database, write_geo_csv
+
+
+def build_geo_from_rows(tmp_path: Path, rows: Iterable[tuple[str, str, str | None]], name: str = "geo") -> Path:
+    """Write (network, country, subdivision or ""/None) rows as a source CSV under tmp_path with the project's
+    writer, build `<name>.rlgeo` from it, and return the database's path."""
+    tmp_path = Path(tmp_path)
+    source = tmp_path / f"{name}.csv"
+    write_geo_csv(source, rows)
+    output = tmp_path / f"{name}.rlgeo"
+    build_geo_database([source], output)
+    return output
+
+
+@pytest.fixture
+def geo_builder(tmp_path: Path):
+    """A function rows -> path of a geo database built from them (in this test's tmp_path)."""
+    counter = iter(range(1_000_000))
+
+    def build(rows: Iterable[tuple[str, str, str | None]]) -> Path:
+        return build_geo_from_rows(tmp_path, rows, name=f"geo{next(counter)}")
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def geolite2_mmdb_path() -> Path:
+    """Path of the real GeoLite2-City MaxMind DB (2018) shipped by the maxminddb-geolite2 package."""
+    geolite2 = pytest.importorskip("geolite2")
+    return Path(geolite2.geolite2_database())
+
+
+@pytest.fixture(scope="session")
+def geolite2_db(tmp_path_factory: pytest.TempPathFactory, geolite2_mmdb_path: Path) -> Path:
+    """Path of a regionlock geo database compiled from GeoLite2-City, built once per test session."""
+    output = tmp_path_factory.mktemp("geolite2") / "geolite2-city.rlgeo"
+    build_geo_database([geolite2_mmdb_path], output)
+    return output

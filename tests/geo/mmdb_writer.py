@@ -1,0 +1,149 @@
+"""A small MaxMind DB writer for tests: record sizes 24, 28 and 32, IPv4 and IPv6 trees, IPv4 aliases."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any
+
+MARKER = b"\xab\xcd\xefMaxMind.com"
+
+
+def _control(kind: int, size: int) -> bytes:
+    extra = b""
+    if size < 29:
+        bits = size
+    elif size < 285:
+        bits, extra = 29, bytes([size - 29])
+    elif size < 65821:
+        bits, extra = 30, (size - 285).to_bytes(2, "big")
+    else:
+        bits, extra = 31, (size - 65821).to_bytes(3, "big")
+    if kind <= 7:
+        return bytes([(kind << 5) | bits]) + extra
+    return bytes([bits, kind - 7]) + extra
+
+
+def encode(value: Any) -> bytes:
+    """Encode a value of the MaxMind DB data section (no pointers)."""
+    if isinstance(value, bool):
+        return _control(14, int(value))
+    if isinstance(value, str):
+        raw = value.encode()
+        return _control(2, len(raw)) + raw
+    if isinstance(value, dict):
+        return _control(7, len(value)) + b"".join(encode(k) + encode(v) for k, v in value.items())
+    if isinstance(value, list):
+        return _control(11, len(value)) + b"".join(encode(v) for v in value)
+    if isinstance(value, float):
+        return _control(3, 8) + struct.pack(">d", value)
+    if isinstance(value, int):
+        raw = value.to_bytes(8, "big").lstrip(b"\0")
+        return _control(6 if value < 2**32 else 9, len(raw)) + raw
+    raise TypeError(type(value))
+
+
+def _typed(kind: int, value: int, width: int) -> bytes:
+    raw = value.to_bytes(width, "big").lstrip(b"\0")
+    return _control(kind, len(raw)) + raw
+
+
+def write_mmdb(
+    path,
+    networks: list[tuple[str, dict[str, Any]]],
+    ip_version: int = 6,
+    record_size: int = 28,
+    ipv4_aliases: bool = True,
+) -> None:
+    """Write networks (CIDR, record) as a MaxMind DB; later networks are inserted deeper into earlier ones."""
+    bits = 128 if ip_version == 6 else 32
+    nodes: list[list[Any]] = [[None, None]]
+    data = bytearray()
+    offsets: dict[int, int] = {}
+
+    def data_offset(record: dict[str, Any]) -> int:
+        key = id(record)
+        if key not in offsets:
+            offsets[key] = len(data)
+            data.extend(encode(record))
+        return offsets[key]
+
+    def path_bits(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
+        value, prefix = int(net.network_address), net.prefixlen
+        if net.version == 4 and ip_version == 6:
+            prefix += 96
+        if net.version == 6 and ip_version == 4:
+            raise ValueError("IPv6 network in an IPv4 tree")
+        return value, prefix
+
+    for text, record in networks:
+        value, prefix = path_bits(ipaddress.ip_network(text))
+        node = 0
+        for depth in range(prefix):
+            bit = (value >> (bits - 1 - depth)) & 1
+            if depth == prefix - 1:
+                nodes[node][bit] = ("data", data_offset(record))
+            else:
+                child = nodes[node][bit]
+                if not (isinstance(child, tuple) and child[0] == "node"):
+                    nodes.append([child, child])  # push an existing leaf down
+                    nodes[node][bit] = ("node", len(nodes) - 1)
+                node = nodes[node][bit][1]
+    if ip_version == 6 and ipv4_aliases:
+        node = 0
+        for _ in range(96):
+            child = nodes[node][0]
+            if not (isinstance(child, tuple) and child[0] == "node"):
+                break
+            node = child[1]
+        else:
+            for alias, length in ((0xFFFF << 32, 96), (0x2002 << 112, 16)):
+                walk = 0
+                for depth in range(length - 1):
+                    bit = (alias >> (127 - depth)) & 1
+                    child = nodes[walk][bit]
+                    if not (isinstance(child, tuple) and child[0] == "node"):
+                        nodes.append([None, None])
+                        nodes[walk][bit] = ("node", len(nodes) - 1)
+                    walk = nodes[walk][bit][1]
+                nodes[walk][(alias >> (128 - length)) & 1] = ("node", node)
+    count = len(nodes)
+
+    def value_of(record: Any) -> int:
+        if record is None:
+            return count
+        kind, number = record
+        return number if kind == "node" else count + 16 + number
+
+    tree = bytearray()
+    for left, right in nodes:
+        a, b = value_of(left), value_of(right)
+        if record_size == 24:
+            tree += a.to_bytes(3, "big") + b.to_bytes(3, "big")
+        elif record_size == 28:
+            tree += a.to_bytes(4, "big")[1:] + bytes([((a >> 24) << 4) | (b >> 24)]) + b.to_bytes(4, "big")[1:]
+        else:
+            tree += a.to_bytes(4, "big") + b.to_bytes(4, "big")
+    metadata = (
+        _control(7, 9)
+        + encode("binary_format_major_version")
+        + _typed(5, 2, 2)
+        + encode("binary_format_minor_version")
+        + _typed(5, 0, 2)
+        + encode("build_epoch")
+        + _typed(9, 1_700_000_000, 8)
+        + encode("database_type")
+        + encode("Test-City")
+        + encode("description")
+        + encode({"en": "test"})
+        + encode("ip_version")
+        + _typed(5, ip_version, 2)
+        + encode("languages")
+        + encode(["en"])
+        + encode("node_count")
+        + _typed(6, count, 4)
+        + encode("record_size")
+        + _typed(5, record_size, 2)
+    )
+    with open(path, "wb") as f:
+        f.write(bytes(tree) + bytes(16) + bytes(data) + MARKER + metadata)
