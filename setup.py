@@ -1,4 +1,4 @@
-"""Build script: generates gRPC code from proto/ and compiles core/*.pyx with Cython."""
+"""Build script: generates gRPC code from proto/ and compiles core/*.pyx and service/*.pyx with Cython."""
 
 import os
 import pathlib
@@ -65,6 +65,21 @@ class OptionalBuildExt(build_ext):
             print(f"warning: {ext.name} not built ({exc})")
 
 
+def _cimport_tree() -> pathlib.Path:
+    """build/cython: regionlock/core/*.pxd linked under their package path, so that service/*.pyx can
+    `cimport regionlock.core.geo` (the source tree maps the package regionlock.core to core/)."""
+    tree = ROOT / "build" / "cython"
+    package = tree / "regionlock" / "core"
+    package.mkdir(parents=True, exist_ok=True)
+    for init in (tree / "regionlock" / "__init__.pxd", package / "__init__.pxd"):
+        init.touch()
+    for pxd in sorted((ROOT / "core").glob("*.pxd")):
+        link = package / pxd.name
+        if not link.exists():
+            link.symlink_to(pxd)
+    return tree
+
+
 def extensions():
     try:
         from Cython.Build import cythonize
@@ -76,13 +91,20 @@ def extensions():
 
     modules = [
         Extension(
-            f"regionlock.core.{pyx.stem}",
+            f"regionlock.{package}.{pyx.stem}",
             [str(pyx.relative_to(ROOT))],
             extra_compile_args=["-O3"],
         )
-        for pyx in sorted((ROOT / "core").glob("*.pyx"))
+        for package in ("core", "service")
+        for pyx in sorted((ROOT / package).glob("*.pyx"))
     ]
-    return cythonize(modules, language_level=3, compiler_directives={"embedsignature": True}, quiet=True)
+    return cythonize(
+        modules,
+        language_level=3,
+        compiler_directives={"embedsignature": True},
+        include_path=[str(_cimport_tree())],
+        quiet=True,
+    )
 
 
 generate_protos()
@@ -104,7 +126,7 @@ setup(
     },
     package_data={
         "regionlock.core": ["*.pyi", "*.pyx", "py.typed"],
-        "regionlock.service": ["*.toml", "py.typed"],
+        "regionlock.service": ["*.toml", "*.pyi", "py.typed"],
         "regionlock.v1": ["*.pyi"],
         "regionlock.admin.v1": ["*.pyi"],
     },

@@ -18,12 +18,7 @@ cdef extern from *:
     void __builtin_prefetch(const void *addr) noexcept nogil
 
 
-# A serial being looked up or sorted: 32 bytes. hdr = (length - 1) << 11 | market id.
-ctypedef struct Rec:
-    uint64_t hash
-    uint16_t key[11]
-    uint16_t hdr
-
+# Rec, a serial being looked up or sorted (32 bytes), is declared in allowlist.pxd.
 
 cdef uint64_t EMPTY_DIRECTORY[2]
 cdef Py_ssize_t PIPELINE_DEPTH = 24  # get_many: lookups between a directory read and its use
@@ -927,3 +922,26 @@ def demo_rows(uint64_t seed, uint64_t start, Py_ssize_t count):
             n += 1
     del out[n:]
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The C-level lookup API, for modules that cimport this one (declared in allowlist.pxd)
+
+cdef int pack_serial(const uint8_t* s, Py_ssize_t n, Rec* rec) noexcept nogil:
+    """Normalize (trim ASCII white space, any case) and pack the UTF-8 text s[:n]; 0, or -1 when the fast path
+    can't: then the text is either not a serial or needs normalize_serial (non-ASCII white space)."""
+    return _pack(s, n, rec)
+
+
+cdef str serial_text(const Rec* rec):
+    """The normalized serial a packed Rec holds."""
+    return _unpack_str(<const uint8_t*>rec.key, (rec.hdr >> 11) + 1)
+
+
+cdef int find_many(object allowlist, const Rec* q, int64_t* out, Py_ssize_t n) except -1:
+    """out[i]: the market id of q[i] (an index into `markets`), -1 if absent, -2 if the file is damaged there;
+    without the GIL."""
+    cdef Allowlist self = <Allowlist?>allowlist
+    with nogil:
+        self._find_batch(q, out, n)
+    return 0

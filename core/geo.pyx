@@ -403,15 +403,34 @@ def parse_ip(ip) -> tuple:
 
 # --- formatting networks, as str(ipaddress.ip_network(...)) does ---------------------------------------------
 
-cdef str format_network(bint v6, uint64_t hi, uint64_t lo, int prefix):
-    cdef char buf[64]
+cdef inline Py_ssize_t put_decimal(char* buf, uint32_t v) noexcept nogil:
+    """v in decimal at buf (no leading zeros); the number of characters written (at most 10)."""
+    cdef char tmp[10]
+    cdef Py_ssize_t n = 0, i
+    while True:
+        tmp[n] = c'0' + <char>(v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    for i in range(n):
+        buf[i] = tmp[n - 1 - i]
+    return n
+
+
+cdef Py_ssize_t format_network_text(char* buf, bint v6, uint64_t hi, uint64_t lo, int prefix) noexcept nogil:
+    """The network as str(ipaddress.ip_network(...)) spells it, into buf (at least 48 bytes); its length."""
     cdef uint32_t h[8]
     cdef int i, n = 0, best = -1, best_len = 0, run = -1, run_len = 0
     cdef const char* digits = b"0123456789abcdef"
     cdef int shift
     cdef bint started
     if not v6:
-        return f"{(lo >> 24) & 255}.{(lo >> 16) & 255}.{(lo >> 8) & 255}.{lo & 255}/{prefix}"
+        for i in range(4):
+            n += put_decimal(buf + n, (lo >> (24 - 8 * i)) & 255)
+            buf[n] = c'.' if i < 3 else c'/'
+            n += 1
+        return n + put_decimal(buf + n, <uint32_t>prefix)
     for i in range(4):
         h[i] = (hi >> (48 - 16 * i)) & 0xFFFF
         h[i + 4] = (lo >> (48 - 16 * i)) & 0xFFFF
@@ -448,7 +467,31 @@ cdef str format_network(bint v6, uint64_t hi, uint64_t lo, int prefix):
             buf[n] = c':'
             n += 1
         i += 1
-    return f"{PyUnicode_FromStringAndSize(buf, n)}/{prefix}"
+    buf[n] = c'/'
+    n += 1
+    return n + put_decimal(buf + n, <uint32_t>prefix)
+
+
+cdef str format_network(bint v6, uint64_t hi, uint64_t lo, int prefix):
+    cdef char buf[48]
+    return PyUnicode_FromStringAndSize(buf, format_network_text(buf, v6, hi, lo, prefix))
+
+
+cdef inline int mask_network(const Addr* a, uint32_t leaf, uint64_t* hi, uint64_t* lo) noexcept nogil:
+    """The prefix length of a leaf's network (clamped to the address family), and the address masked to it."""
+    cdef int prefix = (leaf >> 16) & 0xFF
+    if a.v6:
+        if prefix > 128:
+            prefix = 128
+        hi[0] = a.hi & (0 if prefix == 0 else (~(<uint64_t>0)) << (64 - prefix) if prefix < 64 else ~(<uint64_t>0))
+        lo[0] = a.lo & (0 if prefix <= 64 else (~(<uint64_t>0)) << (128 - prefix) if prefix < 128
+                        else ~(<uint64_t>0))
+    else:
+        if prefix > 32:
+            prefix = 32
+        hi[0] = 0
+        lo[0] = a.lo & (0 if prefix == 0 else (0xFFFFFFFFUL << (32 - prefix)) & 0xFFFFFFFFUL)
+    return prefix
 
 
 @cython.final
@@ -616,25 +659,13 @@ cdef class GeoDatabase:
 
     cdef Region _region_at(self, Addr* a, uint32_t leaf):
         cdef uint32_t rid = self.region_of(leaf)
-        cdef int prefix = (leaf >> 16) & 0xFF
         if rid == 0:
             return None
         cdef Region r = Region.__new__(Region)
         r.country = self._countries[rid]
         r.subdivision = self._subdivisions[rid]
         r._v6 = a.v6
-        if a.v6:
-            if prefix > 128:
-                prefix = 128
-            r._hi = a.hi & (0 if prefix == 0 else (~(<uint64_t>0)) << (64 - prefix) if prefix < 64 else ~(<uint64_t>0))
-            r._lo = a.lo & (0 if prefix <= 64 else (~(<uint64_t>0)) << (128 - prefix) if prefix < 128
-                            else ~(<uint64_t>0))
-        else:
-            if prefix > 32:
-                prefix = 32
-            r._hi = 0
-            r._lo = a.lo & (0 if prefix == 0 else (0xFFFFFFFFUL << (32 - prefix)) & 0xFFFFFFFFUL)
-        r._prefix = prefix
+        r._prefix = mask_network(a, leaf, &r._hi, &r._lo)
         return r
 
     # --- the Python API ---
@@ -818,3 +849,51 @@ cdef class GeoDatabase:
 
     def __repr__(self):
         return f"<GeoDatabase {str(self.path)!r} build {self.build_id}>"
+
+
+# --- the C-level batch API, for modules that cimport this one (declared in geo.pxd) ---------------------------
+
+cdef int lookup_texts(object db, const char* const* texts, const Py_ssize_t* lengths, GeoHit* out,
+                      Py_ssize_t n) except -1:
+    """Parse and look up n address texts (UTF-8, as lookup() reads a str) without the GIL.
+
+    out[i]: region id (0: in no network), the matched network (masked address and prefix length), or
+    prefix -1 when texts[i] is NULL or not an IP address (lookup() would raise ValueError for it).
+    """
+    cdef GeoDatabase self = <GeoDatabase?>db
+    cdef Addr* addrs = <Addr*>PyMem_Malloc(sizeof(Addr) * (n + 1))
+    cdef uint32_t* leaves = <uint32_t*>PyMem_Malloc(sizeof(uint32_t) * (n + 1))
+    cdef Py_ssize_t i
+    cdef uint32_t leaf
+    try:
+        if addrs == NULL or leaves == NULL:
+            raise MemoryError()
+        with nogil:
+            for i in range(n):
+                if texts[i] != NULL and parse_text(texts[i], lengths[i], &addrs[i]):
+                    out[i].prefix = 0
+                else:
+                    out[i].prefix = -1
+                    addrs[i].v6 = False
+                    addrs[i].hi = 0
+                    addrs[i].lo = 0
+            self.leaves_many(addrs, leaves, n)
+            for i in range(n):
+                if out[i].prefix < 0:
+                    out[i].region = 0
+                    out[i].v6 = False
+                    out[i].hi = out[i].lo = 0
+                    continue
+                leaf = leaves[i]
+                out[i].region = self.region_of(leaf)
+                out[i].v6 = addrs[i].v6
+                out[i].prefix = mask_network(&addrs[i], leaf, &out[i].hi, &out[i].lo)
+        return 0
+    finally:
+        PyMem_Free(addrs)
+        PyMem_Free(leaves)
+
+
+cdef Py_ssize_t format_hit_network(const GeoHit* hit, char* buf) noexcept nogil:
+    """The CIDR text of a hit's network into buf (at least 48 bytes); its length."""
+    return format_network_text(buf, hit.v6, hit.hi, hit.lo, hit.prefix)

@@ -62,8 +62,10 @@ class Mix:
     def round_robin(self, n: int) -> list[Case]:
         """n cases, the reasons interleaved, each reason cycling through its own examples."""
         reasons = self.reasons
-        return [self.cases[reasons[i % len(reasons)]][(i // len(reasons)) % len(self.cases[reasons[i % len(reasons)]])]
-                for i in range(n)]
+        return [
+            self.cases[reasons[i % len(reasons)]][(i // len(reasons)) % len(self.cases[reasons[i % len(reasons)]])]
+            for i in range(n)
+        ]
 
     def unary_bodies(self) -> list[tuple[Reason, bytes]]:
         """One CheckDevice request frame per reason."""
@@ -76,8 +78,10 @@ class Mix:
 
     def batch_body(self, size: int) -> bytes:
         """One CheckDevices request frame of `size` items mixing every reason."""
-        checks = [pb.CheckDeviceRequest(serial=c.serial, ip=c.ip, request_id=f"b{i}") for i, c in
-                  enumerate(self.round_robin(size))]
+        checks = [
+            pb.CheckDeviceRequest(serial=c.serial, ip=c.ip, request_id=f"b{i}")
+            for i, c in enumerate(self.round_robin(size))
+        ]
         return grpc_frame(pb.CheckDevicesRequest(checks=checks).SerializeToString())
 
     def stream_messages(self, n: int = 1000) -> list[bytes]:

@@ -20,7 +20,6 @@ import abc
 import base64
 import hashlib
 import hmac
-import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -306,10 +305,11 @@ def open_store(url: str) -> OverrideStore:
 
         return SqliteOverrideStore(parts.path)
     if parts.scheme in ("postgresql", "postgres"):
-        # Hook for issue 8: a module regionlock.service.overrides.postgres defining open_postgres_store(url).
-        name = "regionlock.service.overrides.postgres"
-        if importlib.util.find_spec(name) is None:
-            raise InvalidArgument("store", "the PostgreSQL store is not available in this build")
-        module = importlib.import_module(name)
-        return module.open_postgres_store(url)
+        try:
+            from regionlock.service.overrides.postgres import open_postgres_store
+        except ImportError as exc:  # psycopg is the `postgres` extra
+            raise InvalidArgument(
+                "store", f"the PostgreSQL store needs psycopg: pip install 'regionlock[postgres]' ({exc})"
+            ) from None
+        return open_postgres_store(url)
     raise InvalidArgument("store", f"unknown store scheme {parts.scheme!r}; use sqlite:///path or postgresql://")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
 import subprocess
 import sys
@@ -64,13 +63,6 @@ def test_open_store_rejects_bad_urls(url):
     with pytest.raises(InvalidArgument) as caught:
         open_store(url)
     assert caught.value.field == "store"
-
-
-def test_open_store_has_a_hook_for_postgresql():
-    if importlib.util.find_spec("regionlock.service.overrides.postgres") is not None:
-        pytest.skip("the PostgreSQL store exists; its own tests cover open_store")
-    with pytest.raises(InvalidArgument, match="PostgreSQL"):
-        open_store("postgresql://127.0.0.1/test")
 
 
 def test_the_audit_trail_is_append_only_in_the_file(sqlite_store, path, now):

@@ -1,0 +1,232 @@
+"""Service throughput: regionlock against a bare grpcio echo baseline, side by side in one run, with h2load.
+
+    .venv/bin/python -m benchmarks.service [--rounds 3] [--seconds 5] [--soak 60] [--no-write]
+
+Serves the embedded demo data (GeoLite2-City, 1,000,000 demo serials, the default policy; built once in
+benchmarks/data/service/) with `regionlock serve --workers 2`, and benchmarks/echo_server.py with the same
+worker count, the same server model and the same response sizes. Measures, interleaved, medians of
+--rounds runs: unary max rps at the same concurrency, batch of 1,000 decisions/s, p99 at a fixed offered
+load of half the measured max, a soak at 80% of max (errors, RSS of all server processes), a py-spy profile
+of a worker during the batch and unary runs, and the echo service under each server model. Writes the
+"## Service throughput" section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from benchmarks.service_report import profile_worker, rss_kib, server_pids, write_section
+from regionlock.service import bench
+from regionlock.service.bench_frames import build_mix, open_snapshot
+
+ROOT = Path(__file__).resolve().parent
+DATA = ROOT / "data" / "service"
+UNARY = {"connections": 10, "streams": 10}
+BATCH = {"connections": 4, "streams": 2}
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(address: str, process: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        while True:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+                return
+            except grpc.FutureTimeoutError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server at {address} did not start (exit code {process.poll()})") from None
+
+
+@contextmanager
+def server(args: list[str], address: str, log: Path):
+    with open(log, "wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_ready(address, process)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def regionlock_server(tmp: Path, workers: int = 2):
+    check, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    args = [
+        str(BIN / "regionlock"),
+        "serve",
+        "--data-dir",
+        str(DATA),
+        "--check-addr",
+        check,
+        "--admin-addr",
+        f"127.0.0.1:{free_port()}",
+        "--metrics-addr",
+        metrics,
+        "--workers",
+        str(workers),
+        "--log-level",
+        "WARNING",
+    ]
+    return server(args, check, tmp / "regionlock.log"), check, metrics
+
+
+def echo_server(tmp: Path, responses: Path, workers: int = 2, model: str = "sync", pin: str | None = None):
+    address = f"127.0.0.1:{free_port()}"
+    args = ["taskset", "-c", pin] if pin else []
+    args += [
+        sys.executable,
+        "-m",
+        "benchmarks.echo_server",
+        "--addr",
+        address,
+        "--workers",
+        str(workers),
+        "--model",
+        model,
+        "--responses",
+        str(responses),
+    ]
+    return server(args, address, tmp / f"echo-{model}-{workers}.log"), address
+
+
+def prepare_data() -> None:
+    from regionlock.service.embedded import prepare_embedded_data
+    from regionlock.service.settings import Settings
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    prepare_embedded_data(Settings(data_dir=DATA))
+
+
+def echo_responses(target: str, mix, path: Path) -> None:
+    """The real server's response size for every request the runs send: the echo answers the same sizes."""
+    bodies = bench.bodies_for(mix, "unary", 1) + bench.bodies_for(mix, "batch", 1000)
+    sizes = {base64.b64encode(b.frame[5:]).decode(): b.response_frame_len - 5 for b in bench.probe(target, bodies)}
+    path.write_text(json.dumps({"responses": sizes, "default": 140}))
+
+
+def once(target, mode, mix, metrics=None, **load) -> bench.Result:
+    result = bench.run(target, mode, mix, bench.Load(**load), metrics, batch_size=1000)
+    print(
+        f"  {mode:6} {target:22} {result.requests_per_s:10,.0f} req/s {result.checks_per_s:12,.0f} checks/s "
+        f"p99 {result.latency_ms.get('p99', float('nan')):7.2f} ms  errors {result.error_count}",
+        flush=True,
+    )
+    return result
+
+
+def median(results: list[bench.Result], key) -> float:
+    return statistics.median(key(r) for r in results)
+
+
+def machine() -> str:
+    cpuinfo, meminfo = Path("/proc/cpuinfo").read_text(), Path("/proc/meminfo").read_text()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "?")
+    mem = int(next(ln.split()[1] for ln in meminfo.splitlines() if ln.startswith("MemTotal"))) // 1024
+    h2load = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return (
+        f"{os.cpu_count()} x {cpu}, {mem:,} MiB, Linux {platform.release()}, Python {platform.python_version()}, "
+        f"grpcio {grpc.__version__}, {h2load}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measured run")
+    parser.add_argument("--soak", type=float, default=60.0, help="soak seconds (0 skips)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    if shutil.which("h2load") is None:
+        print("benchmarks.service: h2load not found (apt-get install nghttp2-client); skipped", file=sys.stderr)
+        return 0
+    prepare_data()
+    mix = build_mix(open_snapshot(DATA / "geo.rlgeo", DATA / "allowlist.rlallow", DATA / "policy.toml"))
+    secs, r = args.seconds, {}
+    with tempfile.TemporaryDirectory(prefix="regionlock-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        rl_ctx, rl, metrics = regionlock_server(tmp)
+        with rl_ctx as rl_process:
+            responses = tmp / "responses.json"
+            echo_responses(rl, mix, responses)
+            echo_ctx, echo = echo_server(tmp, responses)
+            with echo_ctx:
+                print("unary and batch, interleaved:", flush=True)
+                for key in ("echo_unary", "rl_unary", "echo_batch", "rl_batch"):
+                    r[key] = []
+                for _ in range(args.rounds):
+                    r["echo_unary"].append(once(echo, "unary", mix, duration=secs, **UNARY))
+                    r["rl_unary"].append(once(rl, "unary", mix, metrics, duration=secs, **UNARY))
+                    r["echo_batch"].append(once(echo, "batch", mix, duration=secs, **BATCH))
+                    r["rl_batch"].append(once(rl, "batch", mix, metrics, duration=secs, **BATCH))
+                max_rps = median(r["rl_unary"], lambda x: x.requests_per_s)
+                print(f"latency at half of the max ({max_rps / 2:,.0f} req/s):", flush=True)
+                r["rl_half"], r["echo_half"] = [], []
+                for _ in range(args.rounds):
+                    r["echo_half"].append(once(echo, "unary", mix, duration=secs, rate=max_rps / 2, **UNARY))
+                    r["rl_half"].append(once(rl, "unary", mix, metrics, duration=secs, rate=max_rps / 2, **UNARY))
+            print("profiles (py-spy on the busiest worker):", flush=True)
+            r["profile_batch"] = profile_worker(
+                rl_process.pid, lambda: once(rl, "batch", mix, metrics, duration=secs + 3, **BATCH)
+            )
+            r["profile_unary"] = profile_worker(
+                rl_process.pid, lambda: once(rl, "unary", mix, metrics, duration=secs + 3, **UNARY)
+            )
+            if args.soak > 0:
+                print(f"soak: {args.soak:.0f} s at 80% of the max ({0.8 * max_rps:,.0f} req/s):", flush=True)
+                once(rl, "unary", mix, metrics, duration=3, rate=0.8 * max_rps, **UNARY)  # settle first
+                pids = server_pids(rl_process.pid)
+                rss_before = rss_kib(pids)
+                r["soak"] = once(rl, "unary", mix, metrics, duration=args.soak, rate=0.8 * max_rps, **UNARY)
+                r["soak_rss"] = (rss_before, rss_kib(server_pids(rl_process.pid)), len(pids))
+        print("server models on the echo service:", flush=True)
+        models = [
+            ("sync, 1 process pinned to core 0", "sync", 1, "0"),
+            ("grpc.aio, pinned", "aio", 1, "0"),
+            ("grpc.aio + uvloop, pinned", "uvloop", 1, "0"),
+            ("sync, 2 processes (SO_REUSEPORT)", "sync", 2, None),
+        ]
+        if importlib.util.find_spec("uvloop") is None:
+            models = [m for m in models if m[1] != "uvloop"]
+            print("  (uvloop not installed: pip install uvloop, or the bench extra)", flush=True)
+        r["models"] = {name: [] for name, *_ in models}
+        for _ in range(args.rounds):
+            for name, model, workers, pin in models:
+                ctx, address = echo_server(tmp, responses, workers, model, pin)
+                with ctx:
+                    pin_load = "1" if pin else None
+                    r["models"][name].append(once(address, "unary", mix, duration=secs, pin=pin_load, **UNARY))
+    text = write_section(r, args, machine(), mix, UNARY, BATCH, write=not args.no_write)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

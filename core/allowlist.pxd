@@ -1,0 +1,15 @@
+"""C-level declarations of regionlock.core.allowlist for modules that cimport it: packed serials, batch lookups."""
+
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
+
+
+# A serial being looked up or sorted: 32 bytes. hdr = (length - 1) << 11 | market id.
+ctypedef struct Rec:
+    uint64_t hash
+    uint16_t key[11]
+    uint16_t hdr
+
+
+cdef int pack_serial(const uint8_t* s, Py_ssize_t n, Rec* rec) noexcept nogil
+cdef str serial_text(const Rec* rec)
+cdef int find_many(object allowlist, const Rec* q, int64_t* out, Py_ssize_t n) except -1
