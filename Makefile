@@ -24,7 +24,7 @@ install: $(STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip "setuptools>=68" wheel "Cython>=3.0,<4" "grpcio-tools==1.85.1" "googleapis-common-protos>=1.63"
+	$(BIN)/pip install --quiet --upgrade pip "setuptools>=77" wheel "Cython>=3.0,<4" "grpcio-tools==1.85.1" "googleapis-common-protos>=1.63"
 
 # editable install: the Cython extensions are compiled in place, the gRPC code generated into gen/
 $(STAMP): $(BIN)/python $(SOURCES)

@@ -1,4 +1,4 @@
-"""Build script: generates gRPC code from proto/ and compiles core/*.pyx and service/*.pyx with Cython."""
+"""Build script: generates gRPC code from proto/ and compiles core/*.pyx with Cython."""
 
 import os
 import pathlib
@@ -65,21 +65,6 @@ class OptionalBuildExt(build_ext):
             print(f"warning: {ext.name} not built ({exc})")
 
 
-def _cimport_tree() -> pathlib.Path:
-    """build/cython: regionlock/core/*.pxd linked under their package path, so that service/*.pyx can
-    `cimport regionlock.core.geo` (the source tree maps the package regionlock.core to core/)."""
-    tree = ROOT / "build" / "cython"
-    package = tree / "regionlock" / "core"
-    package.mkdir(parents=True, exist_ok=True)
-    for init in (tree / "regionlock" / "__init__.pxd", package / "__init__.pxd"):
-        init.touch()
-    for pxd in sorted((ROOT / "core").glob("*.pxd")):
-        link = package / pxd.name
-        if not link.exists():
-            link.symlink_to(pxd)
-    return tree
-
-
 def extensions():
     try:
         from Cython.Build import cythonize
@@ -89,6 +74,16 @@ def extensions():
         return []
     from setuptools import Extension
 
+    # service/*.pyx cimport regionlock.core.geo and .allowlist, but the source tree maps that package to core/:
+    # build/cython holds the core's .pxd files under their package path, for Cython's include path
+    cimport_tree = ROOT / "build" / "cython"
+    (cimport_tree / "regionlock" / "core").mkdir(parents=True, exist_ok=True)
+    for package in ("regionlock", "regionlock/core"):
+        (cimport_tree / package / "__init__.pxd").touch()
+    for pxd in sorted((ROOT / "core").glob("*.pxd")):
+        link = cimport_tree / "regionlock" / "core" / pxd.name
+        link.unlink(missing_ok=True)
+        link.symlink_to(pxd)
     modules = [
         Extension(
             f"regionlock.{package}.{pyx.stem}",
@@ -102,7 +97,7 @@ def extensions():
         modules,
         language_level=3,
         compiler_directives={"embedsignature": True},
-        include_path=[str(_cimport_tree())],
+        include_path=[str(cimport_tree)],
         quiet=True,
     )
 

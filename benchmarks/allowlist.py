@@ -21,21 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.common import DATA, RUNS, median_rate
 from regionlock.core.allowlist import Allowlist, _check_codec
 from regionlock.core.allowlist_demo import demo_csv_rows, write_demo_csv
-
-DATA = Path(__file__).resolve().parent / "data"
-RUNS = 3
-
-
-def median_rate(n: int, fn: Callable[[], object], runs: int = RUNS) -> float:
-    """Median over runs of n / seconds taken by fn()."""
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates)
 
 
 def build(rows: int, csv_path: Path, out: Path) -> dict[str, float]:

@@ -21,22 +21,10 @@ from pathlib import Path
 import geolite2
 import maxminddb
 
+from benchmarks.common import DATA, RUNS, median_rate
 from regionlock.core.geo import GeoDatabase
 from regionlock.core.geo_build import build_geo_database
 from regionlock.core.geo_compile import walk_mmdb_tree
-
-DATA = Path(__file__).resolve().parent / "data"
-RUNS = 3
-
-
-def median_rate(n: int, fn: Callable[[], object], runs: int = RUNS) -> float:
-    """Median over runs of n / seconds taken by fn()."""
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates)
 
 
 def rss_mib() -> float:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.service_report import profile_worker, rss_kib, server_pids, write_section
+from benchmarks.service_profile import profile_worker, rss_kib, server_pids
+from benchmarks.service_report import write_section
 from regionlock.service import bench
 from regionlock.service.bench_frames import build_mix, open_snapshot
 
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks.service: h2load not found (apt-get install nghttp2-client); skipped", file=sys.stderr)
         return 0
     prepare_data()
+    load_start = Path("/proc/loadavg").read_text().split()[0]
     mix = build_mix(open_snapshot(DATA / "geo.rlgeo", DATA / "allowlist.rlallow", DATA / "policy.toml"))
     secs, r = args.seconds, {}
     with tempfile.TemporaryDirectory(prefix="regionlock-bench-") as tmp_name:
@@ -223,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                 with ctx:
                     pin_load = "1" if pin else None
                     r["models"][name].append(once(address, "unary", mix, duration=secs, pin=pin_load, **UNARY))
-    text = write_section(r, args, machine(), mix, UNARY, BATCH, write=not args.no_write)
+    load_end = Path("/proc/loadavg").read_text().split()[0]
+    where = f"{machine()}; load average {load_start} at the start, {load_end} at the end"
+    text = write_section(r, args, where, mix, UNARY, BATCH, write=not args.no_write)
     print(text)
     return 0
 

@@ -13,6 +13,7 @@
 # order, the constant parts (outcome, region, market, versions) pre-encoded by the protobuf runtime itself
 # (service/batch_table.py), so that the bytes are those SerializeToString() gives.
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -262,6 +263,7 @@ cdef inline int hex_digits(uint64_t v) noexcept nogil:
     return n
 
 
+@cython.final
 cdef class Blobs:
     """A list of byte strings as one buffer and offsets, readable without the GIL."""
 
@@ -296,6 +298,7 @@ cdef class Blobs:
         return self.offsets[i + 1] - self.offsets[i]
 
 
+@cython.final
 cdef class Table:
     """The policy's outcome for every (region id, market id) cell, with the pre-encoded response parts.
 
@@ -337,6 +340,7 @@ cdef class Table:
         return self.heads.count
 
 
+@cython.final
 cdef class Batch:
     """A CheckDevicesRequest read from its wire format; then looked up, then encoded as a CheckDevicesResponse.
 

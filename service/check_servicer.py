@@ -1,21 +1,37 @@
-"""DeviceCheckService: translates proto to decide() and back, for single, batch and streamed checks."""
+"""DeviceCheckService: translates proto to decide() and back, for single, batch and streamed checks.
+
+CheckDevices takes and returns wire bytes: the batch kernel (batch_kernel.pyx) reads the request, decides the
+items from an outcome table (batch_table.py) and writes the response, with no Python object per item; the
+items it can't decide (invalid, explain, a live override) are decided here by decide(). The pure-Python path,
+check_devices_reference(), is its differential twin.
+"""
 
 from __future__ import annotations
 
-import itertools
 import os
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
+import grpc
+
 from regionlock.service import edge
-from regionlock.service.decision import Decision, decide
+from regionlock.service.batch_table import TableCache
+from regionlock.service.decision import Decision, Reason, Verdict, decide
 from regionlock.service.errors import InvalidArgument, ServiceError, Unavailable
 from regionlock.service.metrics import Metrics
 from regionlock.service.snapshot import Snapshot, SnapshotHolder
 from regionlock.v1 import device_check_pb2 as pb
 from regionlock.v1 import device_check_pb2_grpc as pb_grpc
 
+try:
+    from regionlock.service import batch_kernel
+except ImportError:  # built without the extension: CheckDevices takes the reference path
+    batch_kernel = None
+
 Clock = Callable[[], datetime]
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeviceCheckService"].full_name
 
 
 def utc_now() -> datetime:
@@ -26,11 +42,22 @@ class DecisionIds:
     """Unique decision ids: a random per-process prefix and a counter (cheaper than a UUID per check)."""
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex()
-        self._counter = itertools.count(1)
+        self.prefix = os.urandom(6).hex()
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def reserve(self, n: int) -> int:
+        """The first of n consecutive counters, for the ids of a batch (see format)."""
+        with self._lock:
+            first = self._next
+            self._next += n
+        return first
+
+    def format(self, counter: int) -> str:
+        return f"{self.prefix}-{counter:010x}"
 
     def next(self) -> str:
-        return f"{self._prefix}-{next(self._counter):010x}"
+        return self.format(self.reserve(1))
 
 
 def versions_message(snapshot: Snapshot) -> pb.DataVersions:
@@ -47,6 +74,9 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         self.max_batch = max_batch
         self.clock = clock
         self.ids = DecisionIds()
+        self._tables = TableCache()
+        self._versions: tuple[object, bytes] = (None, b"")
+        self._decision_counters: dict[tuple[int, int, bool], object] = {}
 
     def _snapshot(self) -> Snapshot:
         snapshot = self.holder.current
@@ -54,9 +84,9 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
             raise Unavailable("no data loaded yet; the server is starting")
         return snapshot
 
-    def _response(self, request: pb.CheckDeviceRequest, decision: Decision, snapshot: Snapshot):
+    def _response(self, request_id: str, decision: Decision, snapshot: Snapshot, decision_id: str | None = None):
         response = pb.CheckDeviceResponse(
-            request_id=request.request_id,
+            request_id=request_id,
             verdict=decision.verdict,
             reason=decision.reason,
             rule_id=decision.rule_id,
@@ -65,7 +95,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
             message=decision.message,
             cache_ttl_seconds=decision.cache_ttl_seconds,
             versions=versions_message(snapshot),
-            decision_id=self.ids.next(),
+            decision_id=decision_id or self.ids.next(),
         )
         region = decision.region
         if region is not None:
@@ -78,7 +108,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
 
     def _check(self, request: pb.CheckDeviceRequest, snapshot: Snapshot, now: datetime) -> pb.CheckDeviceResponse:
         decision = decide(snapshot, request.serial, request.ip, now, request.explain)
-        return self._response(request, decision, snapshot)
+        return self._response(request.request_id, decision, snapshot)
 
     def _count(self, responses: list[pb.CheckDeviceResponse]) -> None:
         self.metrics.count_decisions((r.verdict, r.reason, r.enforced) for r in responses)
@@ -89,12 +119,14 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         self._count([response])
         return response
 
-    @edge.unary("CheckDevices")
-    def CheckDevices(self, request, context):
-        n = len(request.checks)
+    def _check_batch_size(self, n: int) -> None:
         if n > self.max_batch:
             raise InvalidArgument("checks", f"at most {self.max_batch} items per call, got {n}")
         self.metrics.batch_size.observe(n)
+
+    def check_devices_reference(self, request: pb.CheckDevicesRequest) -> pb.CheckDevicesResponse:
+        """CheckDevices through protobuf objects and decide() per item: the fast path's differential twin."""
+        self._check_batch_size(len(request.checks))
         snapshot, now = self._snapshot(), self.clock()
         results, decided = [], []
         for item in request.checks:
@@ -109,6 +141,75 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         self._count(decided)
         return pb.CheckDevicesResponse(results=results)
 
+    def check_devices_fast(self, request: bytes) -> bytes:
+        """CheckDevices from wire bytes to wire bytes through the batch kernel."""
+        try:
+            batch = batch_kernel.Batch(request)
+        except ValueError as exc:
+            raise InvalidArgument("request", f"not a valid CheckDevicesRequest: {exc}") from None
+        n = len(batch)
+        self._check_batch_size(n)
+        snapshot, now = self._snapshot(), self.clock()
+        table = self._tables.get(snapshot)
+        batch.look_up(snapshot.geo, snapshot.allowlist)
+        if len(snapshot.overrides):
+            batch.apply_overrides(snapshot.overrides, now)
+        first_id = self.ids.reserve(n)
+        slow, totals, errors = [], Counter(), Counter()
+        for i in batch.slow_items():
+            serial, ip, request_id, explain = batch.item(i)
+            try:
+                decision = decide(snapshot, serial, ip, now, explain)
+            except ServiceError as exc:
+                errors[exc.code] += 1
+                result = pb.CheckDeviceResult(request_id=request_id, error=edge.status_message(exc))
+            else:
+                totals[(decision.verdict, decision.reason, decision.enforced)] += 1
+                response = self._response(request_id, decision, snapshot, self.ids.format(first_id + i))
+                result = pb.CheckDeviceResult(request_id=request_id, response=response)
+            slow.append(result.SerializeToString())
+        response = batch.encode(
+            table.kernel, self._versions_field(snapshot), f"{self.ids.prefix}-".encode(), first_id, slow
+        )
+        for outcome, count in zip(table.outcomes, batch.outcome_counts(), strict=True):
+            if count:
+                totals[(outcome.verdict, outcome.reason, outcome.enforced)] += count
+        self._count_totals(totals)
+        for code, count in errors.items():
+            self.metrics.item_errors.labels(code).inc(count)
+        return response
+
+    def _versions_field(self, snapshot: Snapshot) -> bytes:
+        """CheckDeviceResponse.versions, encoded; cached by value (the snapshot changes with each override)."""
+        versions = snapshot.versions
+        cached, field = self._versions
+        if cached != versions:
+            field = pb.CheckDeviceResponse(versions=versions_message(snapshot)).SerializeToString()
+            self._versions = (versions, field)
+        return field
+
+    def _count_totals(self, totals: Counter) -> None:
+        """Count decisions by (verdict, reason, enforced) totals, one increment per distinct triple."""
+        for key, count in totals.items():
+            counter = self._decision_counters.get(key)
+            if counter is None:
+                verdict, reason, enforced = key
+                counter = self._decision_counters[key] = self.metrics.decisions.labels(
+                    Verdict(verdict).name, Reason(reason).name, "true" if enforced else "false"
+                )
+            counter.inc(count)
+
+    @edge.unary("CheckDevices")
+    def CheckDevices(self, request: bytes, context) -> bytes:
+        """Registered with identity (de)serializers (add_to_server): wire bytes in, wire bytes out."""
+        if batch_kernel is None:
+            try:
+                parsed = pb.CheckDevicesRequest.FromString(request)
+            except Exception:
+                raise InvalidArgument("request", "not a valid CheckDevicesRequest") from None
+            return self.check_devices_reference(parsed).SerializeToString()
+        return self.check_devices_fast(request)
+
     @edge.streaming("StreamCheckDevices")
     def StreamCheckDevices(self, request_iterator, context) -> Iterator[pb.CheckDeviceResponse]:
         for request in request_iterator:
@@ -120,3 +221,22 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
             else:
                 self._count([response])
                 yield response
+
+
+def add_to_server(servicer: DeviceCheckServicer, server: grpc.Server) -> None:
+    """Register the servicer as the generated code does, but CheckDevices with identity (de)serializers."""
+    handlers = {
+        "CheckDevice": grpc.unary_unary_rpc_method_handler(
+            servicer.CheckDevice,
+            request_deserializer=pb.CheckDeviceRequest.FromString,
+            response_serializer=pb.CheckDeviceResponse.SerializeToString,
+        ),
+        "CheckDevices": grpc.unary_unary_rpc_method_handler(servicer.CheckDevices),
+        "StreamCheckDevices": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamCheckDevices,
+            request_deserializer=pb.CheckDeviceRequest.FromString,
+            response_serializer=pb.CheckDeviceResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

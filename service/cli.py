@@ -9,13 +9,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from regionlock.service.cli_errors import UsageError, fail, report
 from regionlock.service.settings import FIELDS, SettingsError
 
 log = logging.getLogger(__name__)
-
-
-class UsageError(Exception):
-    """Bad usage or bad input: reported as one line on stderr, exit code 2."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -23,11 +20,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def fail(message: str) -> None:
-    """Report bad input the way every subcommand does: one line on stderr, exit code 2."""
-    raise UsageError(message)
 
 
 def _add_serve(subparsers) -> None:
@@ -153,8 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UsageError, SettingsError) as exc:
-        print(f"regionlock: error: {exc}", file=sys.stderr)
-        return 2
+        return report("regionlock: error", exc)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

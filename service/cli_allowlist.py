@@ -10,6 +10,9 @@ import time
 from typing import Any
 
 from regionlock.core.errors import BuildError, DataFileError
+from regionlock.service.cli_errors import exit_usage
+
+_PROG = "regionlock allowlist"
 
 
 def register(subparsers: Any) -> None:
@@ -41,11 +44,6 @@ def register(subparsers: Any) -> None:
     demo.set_defaults(func=_demo)
 
 
-def _fail(message: str) -> None:
-    print(f"regionlock allowlist: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 class _TtyProgress:
     """Progress on stderr when it is a terminal, once the build has run for more than a second."""
 
@@ -71,8 +69,8 @@ def _build(args: argparse.Namespace) -> int:
     try:
         memory = parse_size(args.memory)
     except ValueError as exc:
-        _fail(str(exc))
-    logging.basicConfig(level=logging.WARNING, format="regionlock allowlist: warning: %(message)s")
+        exit_usage(_PROG, str(exc))
+    logging.basicConfig(level=logging.WARNING, format=f"{_PROG}: warning: %(message)s")
     progress = _TtyProgress()
     try:
         report = build_allowlist(
@@ -80,7 +78,7 @@ def _build(args: argparse.Namespace) -> int:
         )
     except (BuildError, ValueError, OSError) as exc:
         progress.done()
-        _fail(str(exc).replace("\n", " "))
+        exit_usage(_PROG, str(exc).replace("\n", " "))
     progress.done()
     for line in report.skipped_examples:
         print(f"skipped: {line}", file=sys.stderr)
@@ -98,7 +96,7 @@ def _open(path: str, verify: bool) -> Any:
     try:
         return Allowlist.open(path, verify=verify)
     except (DataFileError, OSError) as exc:
-        _fail(str(exc))
+        exit_usage(_PROG, str(exc))
 
 
 def _lookup(args: argparse.Namespace) -> int:
@@ -107,7 +105,7 @@ def _lookup(args: argparse.Namespace) -> int:
         try:
             market = allowlist.get(serial)
         except ValueError as exc:
-            _fail(str(exc))
+            exit_usage(_PROG, str(exc))
         print(json.dumps({"serial": serial, "market": market}))
     return 0
 
@@ -132,5 +130,5 @@ def _demo(args: argparse.Namespace) -> int:
                 f"wrote {report.output}: {report.count} demo serials (seed {args.seed}), build {report.header.build_id}"
             )
     except (ValueError, OSError) as exc:
-        _fail(str(exc))
+        exit_usage(_PROG, str(exc))
     return 0

@@ -10,6 +10,9 @@ import time
 from typing import Any
 
 from regionlock.core.errors import BuildError, DataFileError
+from regionlock.service.cli_errors import exit_usage
+
+_PROG = "regionlock geo"
 
 
 def register(subparsers: Any) -> None:
@@ -35,11 +38,6 @@ def register(subparsers: Any) -> None:
     info.set_defaults(func=_info)
 
 
-def _fail(message: str) -> None:
-    print(f"regionlock geo: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 class _TtyProgress:
     """Build steps on stderr when it is a terminal, once the build has run for more than a second."""
 
@@ -49,7 +47,7 @@ class _TtyProgress:
 
     def __call__(self, message: str) -> None:
         if self.enabled and time.monotonic() - self.started > 1.0:
-            print(f"regionlock geo: {message}", file=sys.stderr, flush=True)
+            print(f"{_PROG}: {message}", file=sys.stderr, flush=True)
 
 
 def _open(path: str) -> Any:
@@ -58,9 +56,9 @@ def _open(path: str) -> Any:
     try:
         return GeoDatabase.open(path)
     except DataFileError as exc:
-        _fail(str(exc))
+        exit_usage(_PROG, str(exc))
     except OSError as exc:
-        _fail(f"{path}: {exc.strerror or exc}")
+        exit_usage(_PROG, f"{path}: {exc.strerror or exc}")
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -69,9 +67,9 @@ def _build(args: argparse.Namespace) -> int:
     try:
         header = build_geo_database(args.sources, args.output, progress=_TtyProgress())
     except BuildError as exc:
-        _fail(str(exc))
+        exit_usage(_PROG, str(exc))
     except OSError as exc:
-        _fail(f"{exc.filename or args.output}: {exc.strerror or exc}")
+        exit_usage(_PROG, f"{exc.filename or args.output}: {exc.strerror or exc}")
     networks = header.metadata["networks"]
     print(
         f"wrote {args.output}: {networks['ipv4']} IPv4 and {networks['ipv6']} IPv6 networks, "
@@ -88,7 +86,7 @@ def _lookup(args: argparse.Namespace) -> int:
         try:
             region = db.lookup(ip)
         except ValueError as exc:
-            _fail(str(exc))
+            exit_usage(_PROG, str(exc))
         lines.append(
             json.dumps(
                 {

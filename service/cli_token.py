@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from regionlock.service.auth import ROLES, TokenFileError, TokenStore, create_token
+from regionlock.service.cli_errors import exit_usage
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +29,7 @@ def _create(args: argparse.Namespace) -> int:
     try:
         secret = create_token(args.tokens, args.name, args.role)
     except TokenFileError as exc:
-        print(f"regionlock token create: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_usage("regionlock token create", exc)
     # the secret goes to stdout alone so `TOKEN=$(regionlock token create ...)` captures exactly it
     print(
         f"created {args.role} token {args.name!r} in {args.tokens}; the secret is shown only once",
@@ -43,8 +43,7 @@ def _list(args: argparse.Namespace) -> int:
     try:
         store = TokenStore.load(args.tokens)
     except TokenFileError as exc:
-        print(f"regionlock token list: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_usage("regionlock token list", exc)
     for entry in store.entries:
         print(f"{entry.name}\t{entry.role}\t{entry.create_time}")
     return 0

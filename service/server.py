@@ -16,13 +16,13 @@ from grpc_reflection.v1alpha import reflection
 from regionlock.admin.v1 import admin_pb2, admin_pb2_grpc
 from regionlock.service.admin_servicer import AdminServicer
 from regionlock.service.auth import AuthInterceptor, TokenFileError, TokenStore
-from regionlock.service.check_servicer import DeviceCheckServicer
+from regionlock.service.check_servicer import DeviceCheckServicer, add_to_server
 from regionlock.service.metrics import Metrics, start_metrics_listener
 from regionlock.service.overrides.index import OverrideIndexRefresher
 from regionlock.service.overrides.store import open_store
 from regionlock.service.settings import Settings
 from regionlock.service.snapshot import Snapshot, SnapshotHolder
-from regionlock.v1 import device_check_pb2, device_check_pb2_grpc
+from regionlock.v1 import device_check_pb2
 
 log = logging.getLogger(__name__)
 CHECK_SERVICE = device_check_pb2.DESCRIPTOR.services_by_name["DeviceCheckService"].full_name
@@ -55,7 +55,7 @@ def create_check_server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="check"),
         options=grpc_options(settings, reuse_port),
     )
-    device_check_pb2_grpc.add_DeviceCheckServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)  # CheckDevices with identity serializers: the batch kernel reads the wire bytes
     health_servicer = _add_health_and_reflection(server, [CHECK_SERVICE])
     port = server.add_insecure_port(address or settings.check_addr)
     if port == 0:

@@ -1,8 +1,9 @@
-"""Helpers for tests against the machine's PostgreSQL: a private schema per test, and a TCP proxy to cut it off.
+"""Helpers for tests against the machine's PostgreSQL: a private schema per test, a TCP proxy to cut it off.
 
 The server at REGIONLOCK_TEST_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test; `.ci/run` starts it)
 is shared: tests never stop or reconfigure it. Each test works in its own schema, dropped afterwards, and
-simulates an outage by cutting a TcpProxy that sits between the store and the server.
+simulates an outage by cutting a TcpProxy that sits between the store and the server; wait_until polls for
+what follows (a reconnection, a change propagated).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import psycopg
@@ -58,6 +60,16 @@ def require_postgres() -> None:
         psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable (run .ci/run, which starts it): {exc}")
+
+
+def wait_until(condition: Callable[[], object], timeout: float, step: float = 0.01) -> bool:
+    """Poll `condition()` every `step` seconds until it is true (True) or `timeout` seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
 
 
 class TcpProxy:

@@ -8,32 +8,11 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from datetime import datetime
+from collections.abc import Iterator
 
 from regionlock.service.errors import FailedPrecondition, InvalidArgument, Unavailable
-from regionlock.service.overrides.model import (
-    AuditEvent,
-    BulkResult,
-    Override,
-    OverrideAction,
-    OverrideChange,
-    from_micros,
-    to_micros,
-    validate_reason_ticket,
-    validate_serial,
-)
-from regionlock.service.overrides.store import (
-    OverrideStore,
-    audit_request,
-    check_actor,
-    check_bulk,
-    cut_page,
-    list_request,
-    write_bulk,
-    write_delete,
-    write_set,
-)
+from regionlock.service.overrides.model import AuditEvent, Override, from_micros, to_micros
+from regionlock.service.overrides.sql import Dialect, SqlOverrideStore, SqlWriter
 
 logger = logging.getLogger(__name__)
 
@@ -73,42 +52,40 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 
-_COLUMNS = "serial, action, reason, ticket, actor, create_us, expire_us, revision"
-_UPSERT = f"INSERT OR REPLACE INTO overrides ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_AUDIT = (
-    "INSERT INTO audit (revision, time_us, actor, action, serial, before, after, reason, ticket)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+SQLITE = Dialect("?", "create_us", "expire_us", "time_us", to_micros, from_micros, json.loads)
+_UPSERT = f"INSERT OR REPLACE INTO overrides ({SQLITE.columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_AUDIT = f"INSERT INTO audit ({SQLITE.audit_columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _MAX_IDLE = 8
 _IN_CHUNK = 500  # serials per IN (...) query; well under SQLite's variable limit
 
 
-def _override(row: Sequence) -> Override:
-    serial, action, reason, ticket, actor, create_us, expire_us, rev = row
-    expire = None if expire_us is None else from_micros(expire_us)
-    return Override(serial, OverrideAction(action), reason, ticket, actor, from_micros(create_us), expire, rev)
+class _Writer(SqlWriter):
+    """The StoreWriter of one SQLite transaction (see store.write_set and friends)."""
+
+    __slots__ = ()
+    dialect = SQLITE
+
+    def get_many(self, serials: list[str]) -> dict[str, Override]:
+        found: dict[str, Override] = {}
+        for start in range(0, len(serials), _IN_CHUNK):
+            chunk = serials[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(f"{SQLITE.select} WHERE serial IN ({marks})", chunk):
+                found[row[0]] = SQLITE.override(row)
+        return found
+
+    def put(self, overrides: list[Override]) -> None:
+        self.conn.executemany(_UPSERT, map(SQLITE.override_params, overrides))
+
+    def append(self, events: list[AuditEvent]) -> None:
+        self.conn.executemany(_AUDIT, map(SQLITE.event_params, events))
 
 
-def _params(o: Override) -> tuple:
-    expire = None if o.expire_time is None else to_micros(o.expire_time)
-    created = to_micros(o.create_time)
-    return (o.serial, o.action.value, o.reason, o.ticket, o.actor, created, expire, o.revision)
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps(**options) builds one per call
-
-
-def _json(o: Override | None) -> str | None:
-    return None if o is None else _ENCODER.encode(o.to_dict())
-
-
-def _audit_params(e: AuditEvent) -> tuple:
-    before, after = _json(e.before), _json(e.after)
-    return (e.revision, to_micros(e.time), e.actor, e.action, e.serial, before, after, e.reason, e.ticket)
-
-
-class SqliteOverrideStore(OverrideStore):
+class SqliteOverrideStore(SqlOverrideStore):
     """Overrides in one SQLite file. Thread-safe through a small pool: each call borrows one connection."""
+
+    dialect = SQLITE
+    _writer = _Writer
 
     def __init__(self, path: str, busy_timeout_s: float = 10.0) -> None:
         directory = os.path.dirname(path) or "."
@@ -172,6 +149,14 @@ class SqliteOverrideStore(OverrideStore):
                 raise
             conn.execute("COMMIT")
 
+    def _snapshot(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._transaction(write=False)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[_Writer]:
+        with self._transaction(write=True) as conn:
+            yield _Writer(conn)
+
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")  # processes starting together: one migrates, the others wait
         try:
@@ -192,95 +177,14 @@ class SqliteOverrideStore(OverrideStore):
             raise
         conn.execute("COMMIT")
 
-    # -- the interface -----------------------------------------------------------------------------------
-
-    def set(self, change: OverrideChange, actor: str, now: datetime) -> tuple[Override, int]:
-        change = change.validate(now)
-        check_actor(actor)
-        with self._transaction(write=True) as conn:
-            return write_set(_Writer(conn), change, actor, now)
-
-    def get(self, serial: str) -> Override | None:
-        serial = validate_serial(serial)
-        with self._connection() as conn:
-            return _Writer(conn).get_many([serial]).get(serial)
-
-    def delete(self, serial: str, reason: str, ticket: str, actor: str, now: datetime) -> int:
-        serial = validate_serial(serial)
-        validate_reason_ticket(reason, ticket)
-        check_actor(actor)
-        with self._transaction(write=True) as conn:
-            return write_delete(_Writer(conn), serial, reason, ticket, actor, now)
-
-    def list(
-        self,
-        page_size: int,
-        page_token: str,
-        action: OverrideAction | None,
-        include_expired: bool,
-        now: datetime,
-    ) -> tuple[list[Override], str]:
-        size, filters, after = list_request(page_size, page_token, action, include_expired)
-        sql = f"SELECT {_COLUMNS} FROM overrides WHERE serial > ?"
-        args: list = [after]
-        if action is not None:
-            sql += " AND action = ?"
-            args.append(action.value)
-        if not include_expired:
-            sql += " AND (expire_us IS NULL OR expire_us > ?)"
-            args.append(to_micros(now))
-        sql += " ORDER BY serial LIMIT ?"
-        args.append(size + 1)
-        with self._connection() as conn:
-            items = [_override(row) for row in conn.execute(sql, args)]
-        return cut_page(items, size, "overrides", filters, lambda o: o.serial)
-
-    def bulk_set(self, changes: Sequence[OverrideChange], actor: str, now: datetime, dry_run: bool) -> BulkResult:
-        items = check_bulk(changes, now)
-        check_actor(actor)
-        with self._transaction(write=not dry_run) as conn:
-            return write_bulk(_Writer(conn), items, actor, now, dry_run)
-
-    def list_audit(self, page_size: int, page_token: str, serial: str) -> tuple[list[AuditEvent], str]:
-        size, serial, before_id = audit_request(page_size, page_token, serial)
-        sql = "SELECT id, revision, time_us, actor, action, serial, before, after, reason, ticket FROM audit"
-        conditions, args = [], []
-        if before_id is not None:
-            conditions.append("id < ?")
-            args.append(before_id)
-        if serial:
-            conditions.append("serial = ?")
-            args.append(serial)
-        if conditions:
-            sql += " WHERE " + " AND ".join(conditions)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(size + 1)
-        with self._connection() as conn:
-            events = [_event(row) for row in conn.execute(sql, args)]
-        return cut_page(events, size, "audit", {"serial": serial}, lambda e: e.event_id)
-
-    def revision(self) -> int:
-        with self._connection() as conn:
-            return _Writer(conn).current()
-
-    def load_all(self) -> tuple[dict[str, Override], int]:
-        with self._transaction(write=False) as conn:
-            rev = _Writer(conn).current()
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM overrides").fetchall()
-        return {row[0]: _override(row) for row in rows}, rev
+    # -- the interface (the rest is SqlOverrideStore's) --------------------------------------------------
 
     def changes_since(self, revision: int) -> tuple[dict[str, Override | None], int]:
-        with self._transaction(write=False) as conn:
+        with self._snapshot() as conn:
             current = _Writer(conn).current()
             if current <= revision:
                 return {}, current  # the cheap common case of a poll: nothing new
-            rows = conn.execute(
-                f"SELECT c.serial, {', '.join('o.' + c for c in _COLUMNS.split(', '))}"
-                " FROM (SELECT DISTINCT serial FROM audit WHERE revision > ? AND action != 'set_unchanged') c"
-                " LEFT JOIN overrides o ON o.serial = c.serial",
-                (revision,),
-            ).fetchall()
-        return {row[0]: None if row[1] is None else _override(row[1:]) for row in rows}, current
+            return self._changed_since(conn, revision), current
 
     def close(self) -> None:
         with self._lock:
@@ -288,53 +192,3 @@ class SqliteOverrideStore(OverrideStore):
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
-
-
-class _Writer:
-    """The StoreWriter of one SQLite transaction (see store.write_set and friends)."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def current(self) -> int:
-        return self.conn.execute("SELECT value FROM revision WHERE id = 1").fetchone()[0]
-
-    def next_revision(self) -> int:
-        (value,) = self.conn.execute("UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value").fetchone()
-        return value
-
-    def get_many(self, serials: list[str]) -> dict[str, Override]:
-        found: dict[str, Override] = {}
-        for start in range(0, len(serials), _IN_CHUNK):
-            chunk = serials[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for row in self.conn.execute(f"SELECT {_COLUMNS} FROM overrides WHERE serial IN ({marks})", chunk):
-                found[row[0]] = _override(row)
-        return found
-
-    def put(self, overrides: list[Override]) -> None:
-        self.conn.executemany(_UPSERT, map(_params, overrides))
-
-    def remove(self, serial: str) -> None:
-        self.conn.execute("DELETE FROM overrides WHERE serial = ?", (serial,))
-
-    def append(self, events: list[AuditEvent]) -> None:
-        self.conn.executemany(_AUDIT, map(_audit_params, events))
-
-
-def _event(row: Sequence) -> AuditEvent:
-    event_id, rev, time_us, actor, action, serial, before, after, reason, ticket = row
-    return AuditEvent(
-        revision=rev,
-        time=from_micros(time_us),
-        actor=actor,
-        action=action,
-        serial=serial,
-        before=None if before is None else Override.from_dict(json.loads(before)),
-        after=None if after is None else Override.from_dict(json.loads(after)),
-        reason=reason,
-        ticket=ticket,
-        event_id=event_id,
-    )

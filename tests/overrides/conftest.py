@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -65,3 +66,27 @@ def other_store(store_url: str, store: OverrideStore) -> Iterator[OverrideStore]
 def now() -> datetime:
     """The injected clock of a test: a fixed instant."""
     return NOW
+
+
+@pytest.fixture
+def run_threads() -> Callable[..., list[Exception]]:
+    """`run_threads(work, count, timeout=None)`: run work(0) .. work(count - 1) in threads at once, join each
+    for up to `timeout` seconds, and return the exceptions they raised (so a test asserts there were none)."""
+
+    def run(work: Callable[[int], object], count: int, timeout: float | None = None) -> list[Exception]:
+        errors: list[Exception] = []
+
+        def guarded(n: int) -> None:
+            try:
+                work(n)
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout)
+        return errors
+
+    return run

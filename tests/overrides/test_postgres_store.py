@@ -18,7 +18,7 @@ from regionlock.service.overrides.pg_schema import MIGRATIONS, parse_url
 from regionlock.service.overrides.postgres import PostgresOverrideStore
 from regionlock.service.overrides.store import open_store
 
-from fixtures_postgres import POSTGRES_URL, TcpProxy, private_schema, require_postgres, store_url
+from fixtures_postgres import POSTGRES_URL, TcpProxy, private_schema, require_postgres, store_url, wait_until
 
 
 def change(serial, reason="because", action=OverrideAction.UNLOCK):
@@ -44,15 +44,6 @@ def proxy():
     proxy = TcpProxy()
     yield proxy
     proxy.close()
-
-
-def wait_until(condition, timeout: float, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 def test_url_parameters_are_ours_or_libpq_and_defaults_fill_the_rest():
@@ -94,22 +85,15 @@ def test_open_store_picks_postgres_for_both_schemes_and_reopening_keeps_data(sch
         store.get("A")
 
 
-def test_replicas_starting_together_migrate_once(schema, raw):
+def test_replicas_starting_together_migrate_once(schema, raw, run_threads):
     barrier = threading.Barrier(6)
-    stores, errors = [], []
+    stores = []
 
-    def start():
-        try:
-            barrier.wait()
-            stores.append(open_store(store_url(schema)))
-        except Exception as exc:
-            errors.append(exc)
+    def start(_):
+        barrier.wait()
+        stores.append(open_store(store_url(schema)))
 
-    threads = [threading.Thread(target=start) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    errors = run_threads(start, 6, timeout=30)
     assert errors == [] and len(stores) == 6
     assert raw.execute("SELECT version FROM regionlock_schema").fetchall() == [(len(MIGRATIONS),)]
     assert raw.execute("SELECT id, value FROM revision").fetchall() == [(1, 0)]
@@ -151,24 +135,15 @@ def test_a_failure_mid_bulk_rolls_everything_back(schema, raw, now):
     store.close()
 
 
-def test_writers_on_one_serial_through_several_stores_queue_on_the_revision_row(schema, now):
+def test_writers_on_one_serial_through_several_stores_queue_on_the_revision_row(schema, now, run_threads):
     stores = [open_store(store_url(schema)) for _ in range(3)]
-    errors = []
 
     def writer(n):
-        try:
-            for i in range(15):
-                action = OverrideAction.LOCK if (n + i) % 2 else OverrideAction.UNLOCK
-                stores[n % 3].set(change("SAME", f"w{n}-{i}", action), f"w{n}", now + timedelta(seconds=i))
-        except Exception as exc:
-            errors.append(exc)
+        for i in range(15):
+            action = OverrideAction.LOCK if (n + i) % 2 else OverrideAction.UNLOCK
+            stores[n % 3].set(change("SAME", f"w{n}-{i}", action), f"w{n}", now + timedelta(seconds=i))
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
+    assert run_threads(writer, 6, timeout=60) == []
     events, token = stores[0].list_audit(1000, "", "")
     assert token == "" and len(events) == 90 and {e.action for e in events} == {"set"}
     # in commit order each change starts exactly where the previous one left off: no lost update

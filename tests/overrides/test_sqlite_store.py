@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -108,23 +107,14 @@ def test_a_locked_file_is_unavailable_not_a_crash(path, now):
         store.get("A")
 
 
-def test_threads_and_store_objects_share_one_file(path, now):
+def test_threads_and_store_objects_share_one_file(path, now, run_threads):
     stores = [SqliteOverrideStore(path), SqliteOverrideStore(path)]
-    errors = []
 
     def writer(n):
-        try:
-            for i in range(20):
-                stores[n % 2].set(change(f"T{n}-{i}"), f"w{n}", now)
-        except Exception as exc:
-            errors.append(exc)
+        for i in range(20):
+            stores[n % 2].set(change(f"T{n}-{i}"), f"w{n}", now)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_threads(writer, 6) == []
     items, revision = stores[0].load_all()
     assert len(items) == revision == 120
     assert sorted(o.revision for o in items.values()) == list(range(1, 121))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -14,6 +13,7 @@ from regionlock.v1 import device_check_pb2 as pb
 from regionlock.v1 import device_check_pb2_grpc as pb_grpc
 
 from fixtures_postgres import TcpProxy
+from fixtures_postgres import wait_until as wait_until  # re-exported: the replica tests take it from here
 from fixtures_service import IP_BERLIN, ServerProcess
 
 REPLICAS = 3
@@ -79,12 +79,3 @@ class Fleet:
     replicas: list[Replica]
     proxy: TcpProxy
     schema: str
-
-
-def wait_until(condition, timeout: float, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
