@@ -120,7 +120,7 @@ setup(
         "regionlock.service.overrides": "service/overrides",
     },
     package_data={
-        "regionlock.core": ["*.pyi", "*.pyx", "py.typed"],
+        "regionlock.core": ["*.pyi", "*.pyx", "*.pxd", "py.typed"],
         "regionlock.service": ["*.toml", "*.pyi", "py.typed"],
         "regionlock.v1": ["*.pyi"],
         "regionlock.admin.v1": ["*.pyi"],

@@ -50,24 +50,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(address: str, process: subprocess.Popen, timeout: float = 300.0) -> None:
+def wait_ready(address: str, process: subprocess.Popen, health: bool, timeout: float = 300.0) -> None:
+    """Connected, and with `health`, SERVING (regionlock answers UNAVAILABLE until its data is loaded)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
-        while True:
-            try:
-                grpc.channel_ready_future(channel).result(timeout=1)
-                return
-            except grpc.FutureTimeoutError:
+        ready = grpc.channel_ready_future(channel)
+        try:
+            while True:
+                try:
+                    ready.result(timeout=1)
+                    if not health:
+                        return
+                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                    time.sleep(0.2)
+                except (grpc.FutureTimeoutError, grpc.RpcError):
+                    pass
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server at {address} did not start (exit code {process.poll()})") from None
+                    raise RuntimeError(f"server at {address} did not start (exit {process.poll()})")
+        finally:
+            ready.cancel()
 
 
 @contextmanager
-def server(args: list[str], address: str, log: Path):
+def server(args: list[str], address: str, log: Path, health: bool = False):
     with open(log, "wb") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        wait_ready(address, process)
+        wait_ready(address, process, health)
         yield process
     finally:
         process.terminate()
@@ -96,7 +109,7 @@ def regionlock_server(tmp: Path, workers: int = 2):
         "--log-level",
         "WARNING",
     ]
-    return server(args, check, tmp / "regionlock.log"), check, metrics
+    return server(args, check, tmp / "regionlock.log", health=True), check, metrics
 
 
 def echo_server(tmp: Path, responses: Path, workers: int = 2, model: str = "sync", pin: str | None = None):

@@ -71,7 +71,8 @@ cdef inline const uint8_t* read_varint(const uint8_t* p, const uint8_t* end, uin
 
 cdef inline const uint8_t* read_tag(const uint8_t* p, const uint8_t* end, uint32_t* field,
                                      uint32_t* wire_type) noexcept nogil:
-    """A tag: a varint of at most 5 bytes that fits 32 bits, field number not 0."""
+    """A tag: a varint of at most 5 bytes that fits 32 bits (a message's fields are not numbered 0, but the
+    fields of a group being skipped may be: callers check)."""
     cdef uint64_t v = 0
     cdef int i
     cdef uint8_t b
@@ -91,8 +92,6 @@ cdef inline const uint8_t* read_tag(const uint8_t* p, const uint8_t* end, uint32
                 return NULL
         if v > 0xFFFFFFFFULL:
             return NULL
-    if (v >> 3) == 0:
-        return NULL
     field[0] = <uint32_t>(v >> 3)
     wire_type[0] = <uint32_t>(v & 7)
     return p
@@ -129,7 +128,9 @@ cdef const uint8_t* skip_field(const uint8_t* p, const uint8_t* end, uint32_t fi
         return p + 8 if end - p >= 8 else NULL
     if wire_type == 2:
         p = read_size(p, end, &size)
-        return NULL if p == NULL else p + size
+        if p == NULL:
+            return NULL
+        return p + size
     if wire_type == 5:
         return p + 4 if end - p >= 4 else NULL
     if wire_type == 3:
@@ -194,7 +195,7 @@ cdef int parse_item(const uint8_t* p, const uint8_t* end, Item* item, int depth)
     memset(item, 0, sizeof(Item))
     while p < end:
         p = read_tag(p, end, &field, &wire_type)
-        if p == NULL:
+        if p == NULL or field == 0:
             return -1
         if wire_type == 2 and 1 <= field <= 3:
             p = read_size(p, end, &size)
@@ -255,6 +256,18 @@ cdef inline Py_ssize_t field_size(Py_ssize_t n) noexcept nogil:
     return 1 + varint_size(<uint64_t>n) + n
 
 
+cdef inline Py_ssize_t span(const uint32_t* offsets, Py_ssize_t i) noexcept nogil:
+    """The size of blob i of a Blobs' offsets."""
+    return offsets[i + 1] - offsets[i]
+
+
+cdef inline uint8_t* put_span(uint8_t* p, const uint8_t* base, const uint32_t* offsets, Py_ssize_t i) noexcept nogil:
+    """Blob i of a Blobs' buffer and offsets."""
+    cdef Py_ssize_t n = offsets[i + 1] - offsets[i]
+    memcpy(p, base + offsets[i], n)
+    return p + n
+
+
 cdef inline int hex_digits(uint64_t v) noexcept nogil:
     cdef int n = 1
     while v >= 16:
@@ -291,11 +304,6 @@ cdef class Blobs:
     def __len__(self):
         return self.count
 
-    cdef inline const uint8_t* at(self, Py_ssize_t i) noexcept nogil:
-        return self.base + self.offsets[i]
-
-    cdef inline Py_ssize_t size(self, Py_ssize_t i) noexcept nogil:
-        return self.offsets[i + 1] - self.offsets[i]
 
 
 @cython.final
@@ -376,7 +384,7 @@ cdef class Batch:
         with nogil:
             while p < end:
                 p = read_tag(p, end, &field, &wire_type)
-                if p == NULL:
+                if p == NULL or field == 0:
                     status = -1
                     break
                 if field == 1 and wire_type == 2:
@@ -475,15 +483,15 @@ cdef class Batch:
             PyMem_Free(texts)
             PyMem_Free(lengths)
 
-    def apply_overrides(self, overrides, now):
-        """Mark the items whose normalized serial has a live override (needs the GIL: a dict lookup each)."""
+    def apply_overrides(self, dict overrides not None, now):
+        """Mark the items whose normalized serial has a live override in `overrides` (a dict: serial -> Override;
+        a dict lookup each, with the GIL)."""
         cdef Py_ssize_t i
         if not self.looked_up:
             raise RuntimeError("look_up() first")
-        get = overrides.get
         for i in range(self.n):
             if not self.slow[i]:
-                override = get(serial_text(&self.recs[i]))
+                override = overrides.get(serial_text(&self.recs[i]))
                 if override is not None and override.is_live(now):
                     self.slow[i] = 1
 
@@ -498,7 +506,7 @@ cdef class Batch:
         """The CheckDevicesResponse: fast items from the table, slow_results (encoded CheckDeviceResult, in
         slow_items() order) for the others. Item i gets decision id id_prefix + hex(first_id + i)."""
         cdef Py_ssize_t i, k, n = self.n, total = 0, nslow = len(slow_results)
-        cdef Py_ssize_t body, rid, region, inner, col, versions_len = PyBytes_GET_SIZE(versions)
+        cdef Py_ssize_t body, rid, inner, col, versions_len = PyBytes_GET_SIZE(versions)
         cdef Py_ssize_t prefix_len = PyBytes_GET_SIZE(id_prefix)
         cdef const uint8_t* versions_data = <const uint8_t*>PyBytes_AS_STRING(versions)
         cdef const char* prefix = PyBytes_AS_STRING(id_prefix)
@@ -513,6 +521,23 @@ cdef class Batch:
         cdef uint8_t* start
         cdef const char* hexdigits = b"0123456789abcdef"
         cdef bytes result
+        cdef const uint16_t* cells
+        cdef Out* outs
+        cdef Item* items
+        cdef GeoHit* hits
+        cdef uint8_t* slow
+        cdef int64_t* markets
+        cdef int64_t market
+        cdef Py_ssize_t* counts
+        cdef Py_ssize_t ncols
+        cdef const uint8_t* heads
+        cdef const uint8_t* tails
+        cdef const uint8_t* regions
+        cdef const uint8_t* sold
+        cdef const uint32_t* heads_off
+        cdef const uint32_t* tails_off
+        cdef const uint32_t* regions_off
+        cdef const uint32_t* sold_off
         if not self.looked_up:
             raise RuntimeError("look_up() first")
         if self.out != NULL:
@@ -541,31 +566,37 @@ cdef class Batch:
                     k += 1
             if k != nslow:
                 raise ValueError(f"slow_results: expected {k} encoded results, got {nslow}")
+            # the loops read through locals: the stores through w (bytes) could alias any field of an object
+            cells, ncols, outs, items, hits = table.cells, table.ncols, self.out, self.items, self.hits
+            slow, markets, counts = self.slow, self.markets, self.counts
+            heads, heads_off = table.heads.base, table.heads.offsets
+            tails, tails_off = table.tails.base, table.tails.offsets
+            regions, regions_off = table.regions.base, table.regions.offsets
+            sold, sold_off = table.markets.base, table.markets.offsets
             with nogil:
                 # pass 1: the sizes (and the networks' text)
                 k = 0
                 for i in range(n):
-                    o = &self.out[i]
-                    it = &self.items[i]
-                    if self.slow[i]:
+                    o = &outs[i]
+                    it = &items[i]
+                    if slow[i]:
                         o.body_len = <uint32_t>slow_len[k]
                         o.result_len = o.body_len
                         k += 1
                         total += field_size(o.result_len)
                         continue
-                    hit = &self.hits[i]
-                    col = self.markets[i] if self.markets[i] >= 0 else table.ncols - 1
-                    o.outcome = table.cells[hit.region * table.ncols + col]
-                    self.counts[o.outcome] += 1
+                    hit = &hits[i]
+                    market = markets[i]
+                    o.outcome = cells[hit.region * ncols + (market if market >= 0 else ncols - 1)]
+                    counts[o.outcome] += 1
                     rid = field_size(it.request_id_len) if it.request_id_len else 0
-                    body = rid + table.heads.size(o.outcome) + table.tails.size(o.outcome) + versions_len
+                    body = rid + span(heads_off, o.outcome) + span(tails_off, o.outcome) + versions_len
                     if hit.region:
                         o.net_len = <uint16_t>format_hit_network(hit, o.net)
-                        body += field_size(table.regions.size(hit.region) + field_size(o.net_len))
-                    if self.markets[i] >= 0:
-                        body += table.markets.size(self.markets[i])
-                    ident = first_id + <uint64_t>i
-                    digits = hex_digits(ident)
+                        body += field_size(span(regions_off, hit.region) + field_size(o.net_len))
+                    if market >= 0:
+                        body += span(sold_off, market)
+                    digits = hex_digits(first_id + <uint64_t>i)
                     body += field_size(prefix_len + (digits if digits > 10 else 10))
                     o.body_len = <uint32_t>body
                     o.result_len = <uint32_t>(rid + field_size(body))
@@ -577,35 +608,33 @@ cdef class Batch:
                 w = start
                 k = 0
                 for i in range(n):
-                    o = &self.out[i]
-                    it = &self.items[i]
+                    o = &outs[i]
+                    it = &items[i]
                     w[0] = 0x0A  # CheckDevicesResponse.results
                     w = put_varint(w + 1, o.result_len)
-                    if self.slow[i]:
+                    if slow[i]:
                         memcpy(w, slow_data[k], slow_len[k])
                         w += slow_len[k]
                         k += 1
                         continue
-                    hit = &self.hits[i]
+                    hit = &hits[i]
+                    market = markets[i]
                     if it.request_id_len:  # CheckDeviceResult.request_id
                         w = put_field(w, 0x0A, it.request_id, it.request_id_len)
                     w[0] = 0x12  # CheckDeviceResult.response
                     w = put_varint(w + 1, o.body_len)
                     if it.request_id_len:  # CheckDeviceResponse.request_id
                         w = put_field(w, 0x0A, it.request_id, it.request_id_len)
-                    memcpy(w, table.heads.at(o.outcome), table.heads.size(o.outcome))
-                    w += table.heads.size(o.outcome)
+                    w = put_span(w, heads, heads_off, o.outcome)  # verdict, reason, rule_id
                     if hit.region:  # region: country, subdivision pre-encoded, then the network
-                        inner = table.regions.size(hit.region)
+                        inner = span(regions_off, hit.region)
                         w[0] = 0x2A
                         w = put_varint(w + 1, <uint64_t>(inner + field_size(o.net_len)))
-                        memcpy(w, table.regions.at(hit.region), inner)
-                        w = put_field(w + inner, 0x1A, o.net, o.net_len)
-                    if self.markets[i] >= 0:
-                        memcpy(w, table.markets.at(self.markets[i]), table.markets.size(self.markets[i]))
-                        w += table.markets.size(self.markets[i])
-                    memcpy(w, table.tails.at(o.outcome), table.tails.size(o.outcome))
-                    w += table.tails.size(o.outcome)
+                        w = put_span(w, regions, regions_off, hit.region)
+                        w = put_field(w, 0x1A, o.net, o.net_len)
+                    if market >= 0:  # sold_market
+                        w = put_span(w, sold, sold_off, market)
+                    w = put_span(w, tails, tails_off, o.outcome)  # enforced, message, cache_ttl_seconds
                     memcpy(w, versions_data, versions_len)
                     w += versions_len
                     ident = first_id + <uint64_t>i

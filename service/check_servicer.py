@@ -18,9 +18,11 @@ import grpc
 
 from regionlock.service import edge
 from regionlock.service.batch_table import TableCache
-from regionlock.service.decision import Decision, Reason, Verdict, decide
+from regionlock.service.decision import Decision, decide
 from regionlock.service.errors import InvalidArgument, ServiceError, Unavailable
 from regionlock.service.metrics import Metrics
+from regionlock.service.overrides.index import OverrideIndex
+from regionlock.service.overrides.model import Override
 from regionlock.service.snapshot import Snapshot, SnapshotHolder
 from regionlock.v1 import device_check_pb2 as pb
 from regionlock.v1 import device_check_pb2_grpc as pb_grpc
@@ -76,7 +78,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         self.ids = DecisionIds()
         self._tables = TableCache()
         self._versions: tuple[object, bytes] = (None, b"")
-        self._decision_counters: dict[tuple[int, int, bool], object] = {}
+        self._overrides: tuple[OverrideIndex | None, dict[str, Override]] = (None, {})
 
     def _snapshot(self) -> Snapshot:
         snapshot = self.holder.current
@@ -153,7 +155,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         table = self._tables.get(snapshot)
         batch.look_up(snapshot.geo, snapshot.allowlist)
         if len(snapshot.overrides):
-            batch.apply_overrides(snapshot.overrides, now)
+            batch.apply_overrides(self._override_dict(snapshot.overrides), now)
         first_id = self.ids.reserve(n)
         slow, totals, errors = [], Counter(), Counter()
         for i in batch.slow_items():
@@ -174,10 +176,18 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         for outcome, count in zip(table.outcomes, batch.outcome_counts(), strict=True):
             if count:
                 totals[(outcome.verdict, outcome.reason, outcome.enforced)] += count
-        self._count_totals(totals)
+        self.metrics.count_decision_totals(totals)
         for code, count in errors.items():
             self.metrics.item_errors.labels(code).inc(count)
         return response
+
+    def _override_dict(self, index: OverrideIndex) -> dict[str, Override]:
+        """The override index as a plain dict (the kernel's lookups stay in C), copied once per index."""
+        cached, overrides = self._overrides
+        if cached is not index:
+            overrides = dict(index)
+            self._overrides = (index, overrides)
+        return overrides
 
     def _versions_field(self, snapshot: Snapshot) -> bytes:
         """CheckDeviceResponse.versions, encoded; cached by value (the snapshot changes with each override)."""
@@ -187,17 +197,6 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
             field = pb.CheckDeviceResponse(versions=versions_message(snapshot)).SerializeToString()
             self._versions = (versions, field)
         return field
-
-    def _count_totals(self, totals: Counter) -> None:
-        """Count decisions by (verdict, reason, enforced) totals, one increment per distinct triple."""
-        for key, count in totals.items():
-            counter = self._decision_counters.get(key)
-            if counter is None:
-                verdict, reason, enforced = key
-                counter = self._decision_counters[key] = self.metrics.decisions.labels(
-                    Verdict(verdict).name, Reason(reason).name, "true" if enforced else "false"
-                )
-            counter.inc(count)
 
     @edge.unary("CheckDevices")
     def CheckDevices(self, request: bytes, context) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -95,6 +95,7 @@ class Metrics:
         )
         self._serving_versions: tuple[str, str, str] | None = None
         self._latency_children: dict[str, object] = {}
+        self._decision_children: dict[tuple[int, int, bool], object] = {}
 
     def observe_rpc(self, method: str, seconds: float) -> None:
         """Record one RPC's duration (labelled children cached: labels() takes a lock each call)."""
@@ -104,11 +105,21 @@ class Metrics:
         child.observe(seconds)
 
     def count_decisions(self, decisions: Iterable[tuple[int, int, bool]]) -> None:
-        """Count (verdict, reason, enforced) triples, touching each labelled child once per distinct triple."""
+        """Count (verdict, reason, enforced) triples."""
+        self.count_decision_totals(Tally(decisions))
+
+    def count_decision_totals(self, totals: Mapping[tuple[int, int, bool], int]) -> None:
+        """Count decisions given as totals per (verdict, reason, enforced): one increment per distinct triple."""
         from regionlock.service.decision import Reason, Verdict
 
-        for (verdict, reason, enforced), n in Tally(decisions).items():
-            self.decisions.labels(Verdict(verdict).name, Reason(reason).name, "true" if enforced else "false").inc(n)
+        for key, count in totals.items():
+            child = self._decision_children.get(key)
+            if child is None:
+                verdict, reason, enforced = key
+                child = self._decision_children[key] = self.decisions.labels(
+                    Verdict(verdict).name, Reason(reason).name, "true" if enforced else "false"
+                )
+            child.inc(count)
 
     def serving(self, geo: str, allowlist: str, policy: str, loaded_at: float, revision: int) -> None:
         """Record the versions of the snapshot now serving."""

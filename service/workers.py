@@ -177,14 +177,16 @@ def run_child(settings: Settings, role: str) -> int:
         service.start(metrics_registry=registry)
     else:
         service = Service(settings, serve_admin=False, reuse_port=True)
-        service.start()
-    signal.signal(signal.SIGHUP, lambda *_: reload_in_background(service))
     try:
         snapshot = service.reload()
     except ServiceError as exc:
         log.error("%s process %d can't load the data: %s", role, os.getpid(), exc.message)
         service.stop(0)
         return 1
+    if role == CHECK:
+        # join the shared port only now: the kernel would hand a worker still loading its share of connections
+        service.start()
+    signal.signal(signal.SIGHUP, lambda *_: reload_in_background(service))
     if role == ADMIN and settings.uses_embedded_data:
         from regionlock.service.embedded import print_examples
 

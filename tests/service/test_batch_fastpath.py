@@ -304,6 +304,11 @@ def test_every_truncation(small_pair):
         b"\x0a\x80\x80\x80\x80\x00",  # a length in five bytes
         b"\x0a\x0b\x20" + b"\x80" * 9 + b"\x02",  # a 10-byte varint: explain, bits beyond 64 dropped
         b"\x0a\x06\x12\x04\xf0\x9f\x98\x80",  # an emoji
+        b"k\x00\x05l",  # field number 0 inside a skipped group: accepted
+        b"\x0a\x04k\x00\x05l",  # ... in an item too
+        b"k\x03\x04l",  # ... even a group numbered 0
+        b"\x03\x04",  # but not at a message's level
+        b"k\x88\x80\x80\x80\x10\x05l",  # nor a tag beyond 32 bits in a group
     ],
 )
 def test_wire_edge_cases(small_pair, data):
