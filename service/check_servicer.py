@@ -76,6 +76,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         self.max_batch = max_batch
         self.clock = clock
         self.ids = DecisionIds()
+        self._id_prefix = f"{self.ids.prefix}-".encode()
         self._tables = TableCache()
         self._versions: tuple[object, bytes] = (None, b"")
         self._overrides: tuple[OverrideIndex | None, dict[str, Override]] = (None, {})
@@ -115,11 +116,37 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
     def _count(self, responses: list[pb.CheckDeviceResponse]) -> None:
         self.metrics.count_decisions((r.verdict, r.reason, r.enforced) for r in responses)
 
-    @edge.unary("CheckDevice")
-    def CheckDevice(self, request, context):
+    def check_device_reference(self, request: pb.CheckDeviceRequest) -> pb.CheckDeviceResponse:
+        """CheckDevice through protobuf objects and decide(): the fast path's differential twin."""
         response = self._check(request, self._snapshot(), self.clock())
-        self._count([response])
+        self.metrics.count_decision_totals({(response.verdict, response.reason, response.enforced): 1})
         return response
+
+    def check_device_fast(self, request: bytes) -> bytes:
+        """CheckDevice from wire bytes to wire bytes: the request is decided as a batch of one by the kernel.
+
+        The handler's own Python is what a unary call costs beyond the transport, so the common case builds
+        no protobuf object; an item the kernel leaves to Python (invalid, explain, a live override) takes the
+        reference path.
+        """
+        batch_request = b"\n" + _varint(len(request)) + request
+        try:
+            batch = batch_kernel.Batch(batch_request)
+        except ValueError as exc:
+            raise InvalidArgument("request", f"not a valid CheckDeviceRequest: {exc}") from None
+        snapshot, now = self._snapshot(), self.clock()
+        table = self._tables.get(snapshot)
+        batch.look_up(snapshot.geo, snapshot.allowlist)
+        if len(snapshot.overrides):
+            batch.apply_overrides(self._override_dict(snapshot.overrides), now)
+        if batch.slow_items():
+            return self.check_device_reference(pb.CheckDeviceRequest.FromString(request)).SerializeToString()
+        first_id = self.ids.reserve(1)
+        encoded = batch.encode(table.kernel, self._versions_field(snapshot), self._id_prefix, first_id, [])
+        counts = batch.outcome_counts()
+        outcome = table.outcomes[counts.index(1)]
+        self.metrics.count_decision_totals({(outcome.verdict, outcome.reason, outcome.enforced): 1})
+        return _single_response(encoded)
 
     def _check_batch_size(self, n: int) -> None:
         if n > self.max_batch:
@@ -170,9 +197,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
                 response = self._response(request_id, decision, snapshot, self.ids.format(first_id + i))
                 result = pb.CheckDeviceResult(request_id=request_id, response=response)
             slow.append(result.SerializeToString())
-        response = batch.encode(
-            table.kernel, self._versions_field(snapshot), f"{self.ids.prefix}-".encode(), first_id, slow
-        )
+        response = batch.encode(table.kernel, self._versions_field(snapshot), self._id_prefix, first_id, slow)
         for outcome, count in zip(table.outcomes, batch.outcome_counts(), strict=True):
             if count:
                 totals[(outcome.verdict, outcome.reason, outcome.enforced)] += count
@@ -197,6 +222,17 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
             field = pb.CheckDeviceResponse(versions=versions_message(snapshot)).SerializeToString()
             self._versions = (versions, field)
         return field
+
+    @edge.unary("CheckDevice")
+    def CheckDevice(self, request: bytes, context) -> bytes:
+        """Registered with identity (de)serializers (add_to_server): wire bytes in, wire bytes out."""
+        if batch_kernel is None:
+            try:
+                parsed = pb.CheckDeviceRequest.FromString(request)
+            except Exception:
+                raise InvalidArgument("request", "not a valid CheckDeviceRequest") from None
+            return self.check_device_reference(parsed).SerializeToString()
+        return self.check_device_fast(request)
 
     @edge.unary("CheckDevices")
     def CheckDevices(self, request: bytes, context) -> bytes:
@@ -223,13 +259,9 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
 
 
 def add_to_server(servicer: DeviceCheckServicer, server: grpc.Server) -> None:
-    """Register the servicer as the generated code does, but CheckDevices with identity (de)serializers."""
+    """Register the servicer as the generated code does, but CheckDevice(s) with identity (de)serializers."""
     handlers = {
-        "CheckDevice": grpc.unary_unary_rpc_method_handler(
-            servicer.CheckDevice,
-            request_deserializer=pb.CheckDeviceRequest.FromString,
-            response_serializer=pb.CheckDeviceResponse.SerializeToString,
-        ),
+        "CheckDevice": grpc.unary_unary_rpc_method_handler(servicer.CheckDevice),
         "CheckDevices": grpc.unary_unary_rpc_method_handler(servicer.CheckDevices),
         "StreamCheckDevices": grpc.stream_stream_rpc_method_handler(
             servicer.StreamCheckDevices,
@@ -239,3 +271,37 @@ def add_to_server(servicer: DeviceCheckServicer, server: grpc.Server) -> None:
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _single_response(encoded: bytes) -> bytes:
+    """The CheckDeviceResponse inside a one-result CheckDevicesResponse, as the kernel encodes it:
+    results (field 1) holding a CheckDeviceResult whose response is field 2 (request_id, field 1, may precede)."""
+    length, pos = _read_varint(encoded, 1)  # past the results tag
+    end = pos + length
+    while pos < end:
+        tag, pos = _read_varint(encoded, pos)
+        length, pos = _read_varint(encoded, pos)
+        if tag == 0x12:
+            return encoded[pos : pos + length]
+        pos += length
+    raise AssertionError("the kernel encoded no response for a decided item")

@@ -126,7 +126,7 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from regionlock.service import cli_allowlist, cli_geo, cli_token
+    from regionlock.service import cli_allowlist, cli_bench, cli_geo, cli_token
 
     parser = OneLineParser(prog="regionlock", description="Region-lock decisions for device gateways.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_geo.register(subparsers)
     cli_allowlist.register(subparsers)
     cli_token.register(subparsers)
+    cli_bench.register(subparsers)
     return parser
 
 

@@ -71,10 +71,19 @@ def test_timed_run_is_bounded_and_verified(served):
     assert 0 <= result.verification["server_decisions"] - result.calls_ok <= in_flight
 
 
-def test_failed_calls_that_h2load_counts_as_successes_are_errors(served, tmp_path):
-    """HTTP 200 with the status in the trailers: no response message, no decision -> UNREPORTED errors."""
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        # the server counts this refusal, so the harness can name its status
+        (METHOD_UNARY, "INVALID_ARGUMENT"),
+        # grpc-core answers an unknown method itself: no metric names it
+        ("/regionlock.v1.DeviceCheckService/NoSuchMethod", "UNREPORTED"),
+    ],
+)
+def test_failed_calls_that_h2load_counts_as_successes_are_errors(served, tmp_path, method, expected):
+    """HTTP 200 with the status in the trailers: no response message, no decision -> errors."""
     server, metrics, _, _ = served
-    corrupt = bench.Body("corrupt", METHOD_UNARY, grpc_frame(b"\x0a\xff"), items=1, response_frame_len=150)
+    corrupt = bench.Body("corrupt", method, grpc_frame(b"\x0a\xff"), items=1, response_frame_len=150)
     load = bench.Load(connections=1, streams=2, requests=40, warmup=0)
     before = bench.scrape(bench.metrics_url(metrics))
     runs = run_h2load(server.check_addr, [corrupt], load, tmp_path, duration=10, requests=40)
@@ -82,7 +91,7 @@ def test_failed_calls_that_h2load_counts_as_successes_are_errors(served, tmp_pat
     result = bench.Result(mode="unary", target=server.check_addr)
     bench.verify(result, runs, before, bench.scrape(bench.metrics_url(metrics)))
     assert result.calls_ok == 0
-    assert result.errors == {"UNREPORTED": 40}
+    assert result.errors == {expected: 40}
 
 
 def test_missing_decisions_are_errors():
