@@ -1,8 +1,15 @@
 """regionlock.core: the fast lookup core (IP-to-region trie, serial allowlist) and their file formats."""
 
-from regionlock.core.allowlist import Allowlist
 from regionlock.core.errors import BuildError, CorruptFileError, DataFileError, FormatVersionError
-from regionlock.core.geo import GeoDatabase, Region
+
+try:
+    from regionlock.core.allowlist import Allowlist
+    from regionlock.core.geo import GeoDatabase, Region
+except ImportError as exc:  # a build without a C compiler installs, but the lookup core is compiled only
+    raise ImportError(
+        "regionlock.core: the compiled lookup core is missing (the build fell back without it); reinstall with a "
+        "C compiler and the Python headers, with REGIONLOCK_REQUIRE_EXTENSION=1 to see why the compile failed"
+    ) from exc
 
 __all__ = [
     "Allowlist",
@@ -13,6 +20,3 @@ __all__ = [
     "GeoDatabase",
     "Region",
 ]
-
-# The compiled modules are imported by their own names (regionlock.core.geo, regionlock.core.allowlist);
-# each issue that adds one re-exports its public classes here.
