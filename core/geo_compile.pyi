@@ -1,0 +1,37 @@
+"""Type stub of the compiled build-time loops of the geo database (geo_compile.pyx)."""
+
+from array import array
+from collections.abc import Callable
+
+from typing_extensions import Buffer
+
+def walk_mmdb_tree(
+    tree: Buffer, node_count: int, record_size: int, ip_version: int, data_size: int
+) -> tuple[array[int], array[int], array[int], array[int], array[int], array[int], array[int]]:
+    """(v4_starts, v4_prefixes, v4_offsets, v6_high, v6_low, v6_prefixes, v6_offsets), in address order."""
+
+def region_ids_for_offsets(offsets: Buffer, resolve: Callable[[int], int]) -> array[int]:
+    """Each data offset's region id, `resolve` called once per distinct offset."""
+
+class MMDBData:
+    """The data section of a MaxMind DB file, decoded field by field."""
+
+    def __init__(self, data: Buffer) -> None: ...
+    def region_fields(self, offset: int) -> tuple[str | None, bool, str | None, str | None]:
+        """(country.iso_code, has country, registered_country.iso_code, subdivisions[0].iso_code)."""
+
+class V4Painter:
+    """DIR-24-8 tables painted network by network."""
+
+    def __init__(self) -> None: ...
+    def paint(self, starts: Buffer, prefixes: Buffer, region_ids: Buffer) -> None: ...
+    def finish(self) -> tuple[bytes, bytes]:
+        """(tbl24, tbl8)."""
+
+class V6Painter:
+    """The IPv6 multibit trie painted network by network."""
+
+    def __init__(self) -> None: ...
+    def paint(self, high: Buffer, low: Buffer, prefixes: Buffer, region_ids: Buffer) -> None: ...
+    def finish(self) -> tuple[bytes, bytes, bytes]:
+        """(direct, nodes, leaves)."""
