@@ -110,27 +110,16 @@ def _cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_cli_prints_json(served, capsys):
+def _cli_against(served, *options: str) -> int:
+    """`regionlock bench` against the served test server, with its data directory, plus options."""
     server, metrics, _, settings = served
-    code = _cli(
-        [
-            "bench",
-            "--target",
-            server.check_addr,
-            "--metrics",
-            metrics,
-            "--data-dir",
-            str(settings.data_dir),
-            "--mode",
-            "batch",
-            "--batch-size",
-            "50",
-            "--requests",
-            "10",
-            "--connections",
-            "1",
-            "--json",
-        ]
+    target = ["--target", server.check_addr, "--metrics", metrics, "--data-dir", str(settings.data_dir)]
+    return _cli(["bench", *target, *options])
+
+
+def test_cli_prints_json(served, capsys):
+    code = _cli_against(
+        served, "--mode", "batch", "--batch-size", "50", "--requests", "10", "--connections", "1", "--json"
     )
     out = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -139,22 +128,7 @@ def test_cli_prints_json(served, capsys):
 
 
 def test_cli_table(served, capsys):
-    server, metrics, _, settings = served
-    code = _cli(
-        [
-            "bench",
-            "--target",
-            server.check_addr,
-            "--metrics",
-            metrics,
-            "--data-dir",
-            str(settings.data_dir),
-            "--requests",
-            "100",
-            "--connections",
-            "5",
-        ]
-    )
+    code = _cli_against(served, "--requests", "100", "--connections", "5")
     out = capsys.readouterr().out
     assert code == 0
     for label in ("requests/s", "checks/s", "p50", "p90", "p99", "p99.9", "errors        none"):
