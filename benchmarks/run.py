@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-SCRIPTS = ("geo", "allowlist", "service")
+SCRIPTS = ("geo", "allowlist", "batch_kernel", "service")
 ROOT = Path(__file__).resolve().parent.parent
 
 
