@@ -96,36 +96,79 @@ cdef extern from *:
         while (rl_step6(t, a, &index, &offset, &out, 0)) {}
         return out;
     }
-    /* out[i] = the leaf of a[i]; IPv6 walks run interleaved in lanes so that their memory reads overlap. */
+    /* The batch walk's lanes: per in-flight IPv6 lookup, the address bits not yet used (hi:lo shifted left, the
+       next 6-bit chunk on top), the node index, the steps left before the depth limit, and the input position. */
+    typedef struct {
+        uint64_t hi[RL_LANES]; uint64_t lo[RL_LANES]; uint32_t index[RL_LANES]; int left[RL_LANES];
+        Py_ssize_t pos[RL_LANES];
+    } rl_lanes;
+    /* Start the walk of the next IPv6 address of a[*i..n) in lane k (finishing IPv4 and direct-table hits on
+       the way): 1 if one was started, 0 at the end of the input. The lane's first node is prefetched. */
+    static inline __attribute__((always_inline)) int rl_take6(
+            const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n, Py_ssize_t* i, rl_lanes* s, int k) {
+        uint32_t e;
+        Py_ssize_t j;
+        for (j = *i; j < n; j++) {
+            if (!a[j].v6) { out[j] = rl_leaf4(t, (uint32_t)a[j].lo); continue; }
+            e = t->direct[a[j].hi >> 48];
+            if (!(e & RL_PTR)) { out[j] = e; continue; }
+            s->index[k] = e & ~RL_PTR;
+            s->hi[k] = (a[j].hi << 16) | (a[j].lo >> 48);
+            s->lo[k] = a[j].lo << 16;
+            s->left[k] = 19;  /* nodes at bit offsets 16, 22, ..., 124: as rl_leaf6 */
+            s->pos[k] = j;
+            *i = j + 1;
+            __builtin_prefetch(&t->nodes[s->index[k]]);
+            return 1;
+        }
+        *i = n;
+        return 0;
+    }
+    /* out[i] = the leaf of a[i], as rl_leaf6 and rl_leaf4 give it. IPv6 walks run interleaved in lanes so that
+       their memory reads overlap: each step prefetches the lane's next node, and a finished lane at once takes
+       the next address. */
     static inline __attribute__((always_inline)) void rl_walk_body(
             const rl_tables* tables, const rl_addr* a, uint32_t* out, Py_ssize_t n, const int hw) {
         const rl_tables copy = *tables;  /* a local copy: the stores to out can't alias it */
         const rl_tables* t = &copy;
-        uint32_t index[RL_LANES];
-        int offset[RL_LANES];
-        Py_ssize_t lane[RL_LANES];
+        rl_lanes s;
         Py_ssize_t i = 0;
-        int k, m, active;
-        uint32_t e;
-        while (i < n) {
-            active = 0;
-            for (; i < n && active < RL_LANES; i++) {
-                if (!a[i].v6) { out[i] = rl_leaf4(t, (uint32_t)a[i].lo); continue; }
-                e = t->direct[a[i].hi >> 48];
-                if (!(e & RL_PTR)) { out[i] = e; continue; }
-                index[active] = e & ~RL_PTR;
-                offset[active] = 16;
-                lane[active] = i;
-                active++;
-            }
-            while (active) {
-                m = active;
-                for (k = 0; k < m;) {
-                    if (rl_step6(t, &a[lane[k]], &index[k], &offset[k], &out[lane[k]], hw)) { k++; continue; }
-                    m--;  /* this lane is done: the last active lane takes its place */
-                    index[k] = index[m]; offset[k] = offset[m]; lane[k] = lane[m];
+        int k, active = 0;
+        const rl_node* node;
+        uint64_t x, below;
+        unsigned v, count;
+        uint32_t index, li;
+        while (active < RL_LANES && rl_take6(t, a, out, n, &i, &s, active))
+            active++;
+        while (active) {
+            for (k = 0; k < active;) {
+                index = s.index[k];
+                if (__builtin_expect(index >= t->nnodes || s.left[k] == 0, 0)) {
+                    out[s.pos[k]] = 0;
+                } else {
+                    node = &t->nodes[index];
+                    v = (unsigned)(s.hi[k] >> 58);
+                    below = ~(uint64_t)0 >> (63 - v);  /* bits 0..v */
+                    x = node->vector & below;
+                    if (node->vector >> v & 1) {
+                        count = hw ? (unsigned)__builtin_popcountll(x) : rl_popcount(x);
+                        s.index[k] = node->base1 + count - 1;
+                        s.hi[k] = (s.hi[k] << 6) | (s.lo[k] >> 58);
+                        s.lo[k] <<= 6;
+                        s.left[k]--;
+                        __builtin_prefetch(&t->nodes[s.index[k]]);
+                        k++;
+                        continue;
+                    }
+                    x = node->leafvec & below;
+                    count = hw ? (unsigned)__builtin_popcountll(x) : rl_popcount(x);
+                    li = node->base0 + count - 1;
+                    out[s.pos[k]] = (count && li < t->nleaves) ? t->leaves[li] : 0;
                 }
-                active = m;
+                if (rl_take6(t, a, out, n, &i, &s, k)) { k++; continue; }
+                active--;  /* no more input: the last active lane takes this one's place */
+                s.hi[k] = s.hi[active]; s.lo[k] = s.lo[active]; s.index[k] = s.index[active];
+                s.left[k] = s.left[active]; s.pos[k] = s.pos[active];
             }
         }
     }
