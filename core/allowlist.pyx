@@ -740,6 +740,18 @@ cdef class Merger:
             self.heap[i] = t
             i = c
 
+    cdef Py_ssize_t _start_buckets(self, uint64_t bucket, uint64_t* directory, Py_ssize_t dlen, dbuf,
+                                   dir_out) except -1:
+        """Start every bucket up to `bucket` at the current records offset; write the directory out as it fills."""
+        while self.next_bucket <= bucket:
+            directory[dlen] = self.records_len
+            dlen += 1
+            self.next_bucket += 1
+            if dlen == 65536:
+                dir_out.write(dbuf)
+                dlen = 0
+        return dlen
+
     def run(self, records_out, dir_out, Py_ssize_t out_bytes=1 << 22):
         """Merge everything: records to records_out, fine directory (uint64) to dir_out, samples appended."""
         cdef int i, top
@@ -783,13 +795,7 @@ cdef class Merger:
                 last.hdr = (r.hdr & 0xF800) | self.remap[top * 2048 + (r.hdr & 0x7FF)]
                 have_last = True
                 bucket = (r.hash >> fshift) if fshift < 64 else 0
-                while self.next_bucket <= bucket:
-                    dview[dlen] = self.records_len
-                    dlen += 1
-                    self.next_bucket += 1
-                    if dlen == 65536:
-                        dir_out.write(dbuf)
-                        dlen = 0
+                dlen = self._start_buckets(bucket, &dview[0], dlen, dbuf, dir_out)
                 if self.count % STRIDE == 0:
                     self.samples.append(self.records_len)
                 length = (last.hdr >> 11) + 1
@@ -812,13 +818,7 @@ cdef class Merger:
                     self.heap[0] = self.heap[self.nheap]
             self._sift(0)
         records_out.write(obuf[:olen])
-        while self.next_bucket <= nb:
-            dview[dlen] = self.records_len
-            dlen += 1
-            self.next_bucket += 1
-            if dlen == 65536:
-                dir_out.write(dbuf)
-                dlen = 0
+        dlen = self._start_buckets(nb, &dview[0], dlen, dbuf, dir_out)
         dir_out.write(dbuf[:dlen])
 
 

@@ -731,6 +731,15 @@ cdef class GeoDatabase:
             raise IndexError(f"region id {region_id} out of range 0..{self.nregions - 1}")
         return self._regions[region_id]
 
+    cdef uint32_t* _walk_many(self, const Addr* addrs, Py_ssize_t n) except NULL:
+        """The leaves of n parsed addresses, walked without the GIL, in a new array the caller PyMem_Frees."""
+        cdef uint32_t* leaves = <uint32_t*>PyMem_Malloc(sizeof(uint32_t) * (n + 1))
+        if leaves == NULL:
+            raise MemoryError()
+        with nogil:
+            self.leaves_many(addrs, leaves, n)
+        return leaves
+
     cdef Addr* _parse_many(self, list items) except NULL:
         """Parse every item (str without the GIL); raise ValueError naming the first bad one."""
         cdef Py_ssize_t i, n = len(items), bad = -1
@@ -770,12 +779,9 @@ cdef class GeoDatabase:
         cdef list items = list(ips)
         cdef Py_ssize_t i, n = len(items)
         cdef Addr* addrs = self._parse_many(items)
-        cdef uint32_t* leaves = <uint32_t*>PyMem_Malloc(sizeof(uint32_t) * (n + 1))
+        cdef uint32_t* leaves = NULL
         try:
-            if leaves == NULL:
-                raise MemoryError()
-            with nogil:
-                self.leaves_many(addrs, leaves, n)
+            leaves = self._walk_many(addrs, n)
             return [self._region_at(&addrs[i], leaves[i]) for i in range(n)]
         finally:
             PyMem_Free(addrs)
@@ -788,12 +794,10 @@ cdef class GeoDatabase:
         cdef Addr* addrs = self._parse_many(items)
         cdef carray.array result = carray.clone(_U16, n, False)
         cdef uint16_t* out = result.data.as_ushorts
-        cdef uint32_t* leaves = <uint32_t*>PyMem_Malloc(sizeof(uint32_t) * (n + 1))
+        cdef uint32_t* leaves = NULL
         try:
-            if leaves == NULL:
-                raise MemoryError()
+            leaves = self._walk_many(addrs, n)
             with nogil:
-                self.leaves_many(addrs, leaves, n)
                 for i in range(n):
                     out[i] = <uint16_t>self.region_of(leaves[i])
             return result
