@@ -22,6 +22,7 @@ cdef extern from *:
 
 cdef uint64_t EMPTY_DIRECTORY[2]
 cdef Py_ssize_t PIPELINE_DEPTH = 24  # get_many: lookups between a directory read and its use
+cdef Py_ssize_t RELEASE_GIL_MIN_ITEMS = 64  # find_many: smaller batches keep the GIL (see geo.pyx)
 cdef uint8_t CODE[256]
 cdef uint8_t SPACE[256]
 cdef char ALPHA[40]
@@ -942,6 +943,9 @@ cdef int find_many(object allowlist, const Rec* q, int64_t* out, Py_ssize_t n) e
     """out[i]: the market id of q[i] (an index into `markets`), -1 if absent, -2 if the file is damaged there;
     without the GIL."""
     cdef Allowlist self = <Allowlist?>allowlist
-    with nogil:
-        self._find_batch(q, out, n)
+    if n >= RELEASE_GIL_MIN_ITEMS:
+        with nogil:
+            self._find_batch(q, out, n)
+    else:
+        self._find_batch(q, out, n)  # a thread switch would cost more than these few lookups
     return 0

@@ -900,9 +900,14 @@ cdef class GeoDatabase:
 
 # --- the C-level batch API, for modules that cimport this one (declared in geo.pxd) ---------------------------
 
+# Smaller batches keep the GIL: releasing it costs a thread switch (and up to the 5 ms switch interval to get it
+# back) whenever another thread waits for it, far more than the lookups of a unary call take.
+cdef Py_ssize_t RELEASE_GIL_MIN_ITEMS = 64
+
+
 cdef int lookup_texts(object db, const char* const* texts, const Py_ssize_t* lengths, GeoHit* out,
                       Py_ssize_t n) except -1:
-    """Parse and look up n address texts (UTF-8, as lookup() reads a str) without the GIL.
+    """Parse and look up n address texts (UTF-8, as lookup() reads a str), without the GIL for large n.
 
     out[i]: region id (0: in no network), the matched network (masked address and prefix length), or
     prefix -1 when texts[i] is NULL or not an IP address (lookup() would raise ValueError for it).
@@ -910,35 +915,43 @@ cdef int lookup_texts(object db, const char* const* texts, const Py_ssize_t* len
     cdef GeoDatabase self = <GeoDatabase?>db
     cdef Addr* addrs = <Addr*>PyMem_Malloc(sizeof(Addr) * (n + 1))
     cdef uint32_t* leaves = <uint32_t*>PyMem_Malloc(sizeof(uint32_t) * (n + 1))
-    cdef Py_ssize_t i
-    cdef uint32_t leaf
     try:
         if addrs == NULL or leaves == NULL:
             raise MemoryError()
-        with nogil:
-            for i in range(n):
-                if texts[i] != NULL and parse_text(texts[i], lengths[i], &addrs[i]):
-                    out[i].prefix = 0
-                else:
-                    out[i].prefix = -1
-                    addrs[i].v6 = False
-                    addrs[i].hi = 0
-                    addrs[i].lo = 0
-            self.leaves_many(addrs, leaves, n)
-            for i in range(n):
-                if out[i].prefix < 0:
-                    out[i].region = 0
-                    out[i].v6 = False
-                    out[i].hi = out[i].lo = 0
-                    continue
-                leaf = leaves[i]
-                out[i].region = self.region_of(leaf)
-                out[i].v6 = addrs[i].v6
-                out[i].prefix = mask_network(&addrs[i], leaf, &out[i].hi, &out[i].lo)
+        if n >= RELEASE_GIL_MIN_ITEMS:
+            with nogil:
+                _hits_of_texts(self, texts, lengths, out, addrs, leaves, n)
+        else:
+            _hits_of_texts(self, texts, lengths, out, addrs, leaves, n)
         return 0
     finally:
         PyMem_Free(addrs)
         PyMem_Free(leaves)
+
+
+cdef void _hits_of_texts(GeoDatabase self, const char* const* texts, const Py_ssize_t* lengths, GeoHit* out,
+                         Addr* addrs, uint32_t* leaves, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef uint32_t leaf
+    for i in range(n):
+        if texts[i] != NULL and parse_text(texts[i], lengths[i], &addrs[i]):
+            out[i].prefix = 0
+        else:
+            out[i].prefix = -1
+            addrs[i].v6 = False
+            addrs[i].hi = 0
+            addrs[i].lo = 0
+    self.leaves_many(addrs, leaves, n)
+    for i in range(n):
+        if out[i].prefix < 0:
+            out[i].region = 0
+            out[i].v6 = False
+            out[i].hi = out[i].lo = 0
+            continue
+        leaf = leaves[i]
+        out[i].region = self.region_of(leaf)
+        out[i].v6 = addrs[i].v6
+        out[i].prefix = mask_network(&addrs[i], leaf, &out[i].hi, &out[i].lo)
 
 
 cdef Py_ssize_t format_hit_network(const GeoHit* hit, char* buf) noexcept nogil:

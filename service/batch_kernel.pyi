@@ -46,3 +46,16 @@ class Batch:
         self, table: Table, versions: bytes, id_prefix: bytes, first_id: int, slow_results: list[bytes]
     ) -> bytes: ...
     def outcome_counts(self) -> list[int]: ...
+
+def check_one(
+    request: bytes,
+    geo: GeoDatabase,
+    allowlist: Allowlist,
+    table: Table,
+    versions: bytes,
+    id_prefix: bytes,
+    decision_id: int,
+    overrides: dict[str, Any] | None,
+    now: datetime | None,
+) -> tuple[bytes, int] | None:
+    """CheckDevice in one call: the response's wire bytes and outcome index, or None if Python must decide."""

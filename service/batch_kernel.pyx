@@ -27,6 +27,10 @@ from regionlock.core.geo cimport GeoHit, format_hit_network, lookup_texts
 MAX_DEPTH = 100  # nested messages and groups, as the protobuf runtime allows
 
 cdef int C_MAX_DEPTH = MAX_DEPTH
+# Smaller batches (a unary call is a batch of one) keep the GIL: releasing it costs a thread switch, and up to
+# the 5 ms switch interval to get it back, whenever another thread waits for it.
+cdef Py_ssize_t RELEASE_GIL_MIN_ITEMS = 64
+cdef Py_ssize_t RELEASE_GIL_MIN_BYTES = 4096  # parsing: about 64 items
 cdef uint64_t ASCII_MASK = 0x8080808080808080ULL
 
 
@@ -46,6 +50,34 @@ cdef struct Out:
     uint16_t outcome
     uint16_t net_len
     char net[48]
+
+
+cdef struct Encoding:
+    # what encode()'s two passes read, copied by value: stores through the output bytes can't alias it
+    const uint16_t* cells
+    Py_ssize_t ncols
+    Py_ssize_t n
+    Out* outs
+    const Item* items
+    const GeoHit* hits
+    const uint8_t* slow
+    const int64_t* markets
+    Py_ssize_t* counts
+    const uint8_t* heads
+    const uint32_t* heads_off
+    const uint8_t* tails
+    const uint32_t* tails_off
+    const uint8_t* regions
+    const uint32_t* regions_off
+    const uint8_t* sold
+    const uint32_t* sold_off
+    const uint8_t* versions
+    Py_ssize_t versions_len
+    const char* prefix
+    Py_ssize_t prefix_len
+    uint64_t first_id
+    const uint8_t** slow_data
+    const Py_ssize_t* slow_len
 
 
 # --- reading the wire format: each reader returns the position after what it read, or NULL if malformed ---
@@ -276,6 +308,98 @@ cdef inline int hex_digits(uint64_t v) noexcept nogil:
     return n
 
 
+cdef Py_ssize_t measure(Encoding e) noexcept nogil:
+    """encode()'s pass 1: each item's outcome and sizes (and its network's text); the response's size."""
+    cdef Py_ssize_t i, k, body, rid, total = 0
+    cdef Out* o
+    cdef const Item* it
+    cdef const GeoHit* hit
+    cdef int64_t market
+    cdef int digits
+    k = 0
+    for i in range(e.n):
+        o = &e.outs[i]
+        it = &e.items[i]
+        if e.slow[i]:
+            o.body_len = <uint32_t>e.slow_len[k]
+            o.result_len = o.body_len
+            k += 1
+            total += field_size(o.result_len)
+            continue
+        hit = &e.hits[i]
+        market = e.markets[i]
+        o.outcome = e.cells[hit.region * e.ncols + (market if market >= 0 else e.ncols - 1)]
+        e.counts[o.outcome] += 1
+        rid = field_size(it.request_id_len) if it.request_id_len else 0
+        body = rid + span(e.heads_off, o.outcome) + span(e.tails_off, o.outcome) + e.versions_len
+        if hit.region:
+            o.net_len = <uint16_t>format_hit_network(hit, o.net)
+            body += field_size(span(e.regions_off, hit.region) + field_size(o.net_len))
+        if market >= 0:
+            body += span(e.sold_off, market)
+        digits = hex_digits(e.first_id + <uint64_t>i)
+        body += field_size(e.prefix_len + (digits if digits > 10 else 10))
+        o.body_len = <uint32_t>body
+        o.result_len = <uint32_t>(rid + field_size(body))
+        total += field_size(o.result_len)
+    return total
+
+
+cdef uint8_t* write(Encoding e, uint8_t* w) noexcept nogil:
+    """encode()'s pass 2: the bytes, from w (sized by measure()); the end of what was written."""
+    cdef Py_ssize_t i, k, inner, col
+    cdef Out* o
+    cdef const Item* it
+    cdef const GeoHit* hit
+    cdef int64_t market
+    cdef int digits
+    cdef uint64_t ident
+    cdef const char* hexdigits = b"0123456789abcdef"
+    k = 0
+    for i in range(e.n):
+        o = &e.outs[i]
+        it = &e.items[i]
+        w[0] = 0x0A  # CheckDevicesResponse.results
+        w = put_varint(w + 1, o.result_len)
+        if e.slow[i]:
+            memcpy(w, e.slow_data[k], e.slow_len[k])
+            w += e.slow_len[k]
+            k += 1
+            continue
+        hit = &e.hits[i]
+        market = e.markets[i]
+        if it.request_id_len:  # CheckDeviceResult.request_id
+            w = put_field(w, 0x0A, it.request_id, it.request_id_len)
+        w[0] = 0x12  # CheckDeviceResult.response
+        w = put_varint(w + 1, o.body_len)
+        if it.request_id_len:  # CheckDeviceResponse.request_id
+            w = put_field(w, 0x0A, it.request_id, it.request_id_len)
+        w = put_span(w, e.heads, e.heads_off, o.outcome)  # verdict, reason, rule_id
+        if hit.region:  # region: country, subdivision pre-encoded, then the network
+            inner = span(e.regions_off, hit.region)
+            w[0] = 0x2A
+            w = put_varint(w + 1, <uint64_t>(inner + field_size(o.net_len)))
+            w = put_span(w, e.regions, e.regions_off, hit.region)
+            w = put_field(w, 0x1A, o.net, o.net_len)
+        if market >= 0:  # sold_market
+            w = put_span(w, e.sold, e.sold_off, market)
+        w = put_span(w, e.tails, e.tails_off, o.outcome)  # enforced, message, cache_ttl_seconds
+        memcpy(w, e.versions, e.versions_len)
+        w += e.versions_len
+        ident = e.first_id + <uint64_t>i
+        digits = hex_digits(ident)
+        if digits < 10:
+            digits = 10
+        w[0] = 0x5A  # decision_id
+        w = put_varint(w + 1, <uint64_t>(e.prefix_len + digits))
+        memcpy(w, e.prefix, e.prefix_len)
+        w += e.prefix_len + digits
+        for col in range(digits):
+            (w - 1 - col)[0] = hexdigits[ident & 15]
+            ident >>= 4
+    return w
+
+
 @cython.final
 cdef class Blobs:
     """A list of byte strings as one buffer and offsets, readable without the GIL."""
@@ -371,46 +495,50 @@ cdef class Batch:
 
     def __cinit__(self, bytes data not None):
         cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(data)
-        cdef const uint8_t* start = p
         cdef const uint8_t* end = p + PyBytes_GET_SIZE(data)
-        cdef uint32_t field, wire_type
-        cdef Py_ssize_t size
-        cdef int status = 0
+        cdef int status
         self.data = data
         self.capacity = 64
         self.items = <Item*>malloc(sizeof(Item) * self.capacity)
         if self.items == NULL:
             raise MemoryError()
-        with nogil:
-            while p < end:
-                p = read_tag(p, end, &field, &wire_type)
-                if p == NULL or field == 0:
-                    status = -1
-                    break
-                if field == 1 and wire_type == 2:
-                    p = read_size(p, end, &size)
-                    if p == NULL:
-                        status = -1
-                        break
-                    if self.n == self.capacity and self._grow() < 0:
-                        status = -3
-                        break
-                    status = parse_item(p, p + size, &self.items[self.n], C_MAX_DEPTH - 1)
-                    if status < 0:
-                        break
-                    self.n += 1
-                    p += size
-                else:
-                    p = skip_field(p, end, field, wire_type, C_MAX_DEPTH)
-                    if p == NULL:
-                        status = -1
-                        break
+        if PyBytes_GET_SIZE(data) >= RELEASE_GIL_MIN_BYTES:
+            with nogil:
+                status = self._parse(p, end)
+        else:
+            status = self._parse(p, end)
         if status == -3:
             raise MemoryError()
         if status == -2:
             raise ValueError(f"a string of checks[{self.n}] is not valid UTF-8")
         if status < 0:
             raise ValueError(f"the wire format is corrupt (checks[{self.n}])")
+
+    cdef int _parse(self, const uint8_t* p, const uint8_t* end) noexcept nogil:
+        """Read the items; 0, or -1 corrupt, -2 not UTF-8, -3 out of memory (self.n: the item at fault)."""
+        cdef uint32_t field, wire_type
+        cdef Py_ssize_t size
+        cdef int status = 0
+        while p < end:
+            p = read_tag(p, end, &field, &wire_type)
+            if p == NULL or field == 0:
+                return -1
+            if field == 1 and wire_type == 2:
+                p = read_size(p, end, &size)
+                if p == NULL:
+                    return -1
+                if self.n == self.capacity and self._grow() < 0:
+                    return -3
+                status = parse_item(p, p + size, &self.items[self.n], C_MAX_DEPTH - 1)
+                if status < 0:
+                    return status
+                self.n += 1
+                p += size
+            else:
+                p = skip_field(p, end, field, wire_type, C_MAX_DEPTH)
+                if p == NULL:
+                    return -1
+        return 0
 
     cdef int _grow(self) noexcept nogil:
         cdef Item* bigger = <Item*>realloc(self.items, sizeof(Item) * self.capacity * 2)
@@ -445,11 +573,10 @@ cdef class Batch:
         )
 
     def look_up(self, geo, allowlist):
-        """Normalize the serials and parse the addresses, then look them all up (without the GIL)."""
+        """Normalize the serials and parse the addresses, then look them all up (without the GIL, large batches)."""
         cdef Py_ssize_t i, n = self.n, m = max(n, 1)
         cdef const char** texts = <const char**>PyMem_Malloc(sizeof(char*) * m)
         cdef Py_ssize_t* lengths = <Py_ssize_t*>PyMem_Malloc(sizeof(Py_ssize_t) * m)
-        cdef Item* it
         if self.hits != NULL:
             PyMem_Free(texts)
             PyMem_Free(lengths)
@@ -461,17 +588,11 @@ cdef class Batch:
         try:
             if not (texts and lengths and self.hits and self.recs and self.markets and self.slow):
                 raise MemoryError()
-            with nogil:
-                for i in range(n):
-                    it = &self.items[i]
-                    self.slow[i] = it.explain or pack_serial(it.serial, it.serial_len, &self.recs[i]) != 0
-                    if self.slow[i]:
-                        texts[i] = NULL
-                        lengths[i] = 0
-                        pack_serial(<const uint8_t*>b"0", 1, &self.recs[i])  # a harmless lookup
-                    else:
-                        texts[i] = <const char*>it.ip
-                        lengths[i] = it.ip_len
+            if n >= RELEASE_GIL_MIN_ITEMS:
+                with nogil:
+                    self._pack_serials(texts, lengths)
+            else:
+                self._pack_serials(texts, lengths)
             lookup_texts(geo, texts, lengths, self.hits, n)
             find_many(allowlist, self.recs, self.markets, n)
             for i in range(n):
@@ -482,6 +603,21 @@ cdef class Batch:
         finally:
             PyMem_Free(texts)
             PyMem_Free(lengths)
+
+    cdef void _pack_serials(self, const char** texts, Py_ssize_t* lengths) noexcept nogil:
+        """Pack every serial for the allowlist; texts[i]: the address to look up, NULL for a slow item."""
+        cdef Py_ssize_t i
+        cdef Item* it
+        for i in range(self.n):
+            it = &self.items[i]
+            self.slow[i] = it.explain or pack_serial(it.serial, it.serial_len, &self.recs[i]) != 0
+            if self.slow[i]:
+                texts[i] = NULL
+                lengths[i] = 0
+                pack_serial(<const uint8_t*>b"0", 1, &self.recs[i])  # a harmless lookup
+            else:
+                texts[i] = <const char*>it.ip
+                lengths[i] = it.ip_len
 
     def apply_overrides(self, dict overrides not None, now):
         """Mark the items whose normalized serial has a live override in `overrides` (a dict: serial -> Override;
@@ -505,39 +641,14 @@ cdef class Batch:
                list slow_results not None):
         """The CheckDevicesResponse: fast items from the table, slow_results (encoded CheckDeviceResult, in
         slow_items() order) for the others. Item i gets decision id id_prefix + hex(first_id + i)."""
-        cdef Py_ssize_t i, k, n = self.n, total = 0, nslow = len(slow_results)
-        cdef Py_ssize_t body, rid, inner, col, versions_len = PyBytes_GET_SIZE(versions)
+        cdef Py_ssize_t i, k, n = self.n, total, nslow = len(slow_results)
         cdef Py_ssize_t prefix_len = PyBytes_GET_SIZE(id_prefix)
-        cdef const uint8_t* versions_data = <const uint8_t*>PyBytes_AS_STRING(versions)
-        cdef const char* prefix = PyBytes_AS_STRING(id_prefix)
         cdef const uint8_t** slow_data = NULL
         cdef Py_ssize_t* slow_len = NULL
-        cdef Out* o
-        cdef Item* it
-        cdef GeoHit* hit
-        cdef uint64_t ident
-        cdef int digits
         cdef uint8_t* w
         cdef uint8_t* start
-        cdef const char* hexdigits = b"0123456789abcdef"
         cdef bytes result
-        cdef const uint16_t* cells
-        cdef Out* outs
-        cdef Item* items
-        cdef GeoHit* hits
-        cdef uint8_t* slow
-        cdef int64_t* markets
-        cdef int64_t market
-        cdef Py_ssize_t* counts
-        cdef Py_ssize_t ncols
-        cdef const uint8_t* heads
-        cdef const uint8_t* tails
-        cdef const uint8_t* regions
-        cdef const uint8_t* sold
-        cdef const uint32_t* heads_off
-        cdef const uint32_t* tails_off
-        cdef const uint32_t* regions_off
-        cdef const uint32_t* sold_off
+        cdef Encoding e
         if not self.looked_up:
             raise RuntimeError("look_up() first")
         if self.out != NULL:
@@ -566,88 +677,27 @@ cdef class Batch:
                     k += 1
             if k != nslow:
                 raise ValueError(f"slow_results: expected {k} encoded results, got {nslow}")
-            # the loops read through locals: the stores through w (bytes) could alias any field of an object
-            cells, ncols, outs, items, hits = table.cells, table.ncols, self.out, self.items, self.hits
-            slow, markets, counts = self.slow, self.markets, self.counts
-            heads, heads_off = table.heads.base, table.heads.offsets
-            tails, tails_off = table.tails.base, table.tails.offsets
-            regions, regions_off = table.regions.base, table.regions.offsets
-            sold, sold_off = table.markets.base, table.markets.offsets
-            with nogil:
-                # pass 1: the sizes (and the networks' text)
-                k = 0
-                for i in range(n):
-                    o = &outs[i]
-                    it = &items[i]
-                    if slow[i]:
-                        o.body_len = <uint32_t>slow_len[k]
-                        o.result_len = o.body_len
-                        k += 1
-                        total += field_size(o.result_len)
-                        continue
-                    hit = &hits[i]
-                    market = markets[i]
-                    o.outcome = cells[hit.region * ncols + (market if market >= 0 else ncols - 1)]
-                    counts[o.outcome] += 1
-                    rid = field_size(it.request_id_len) if it.request_id_len else 0
-                    body = rid + span(heads_off, o.outcome) + span(tails_off, o.outcome) + versions_len
-                    if hit.region:
-                        o.net_len = <uint16_t>format_hit_network(hit, o.net)
-                        body += field_size(span(regions_off, hit.region) + field_size(o.net_len))
-                    if market >= 0:
-                        body += span(sold_off, market)
-                    digits = hex_digits(first_id + <uint64_t>i)
-                    body += field_size(prefix_len + (digits if digits > 10 else 10))
-                    o.body_len = <uint32_t>body
-                    o.result_len = <uint32_t>(rid + field_size(body))
-                    total += field_size(o.result_len)
+            e.cells, e.ncols, e.outs, e.items, e.hits = table.cells, table.ncols, self.out, self.items, self.hits
+            e.slow, e.markets, e.counts, e.n = self.slow, self.markets, self.counts, n
+            e.heads, e.heads_off = table.heads.base, table.heads.offsets
+            e.tails, e.tails_off = table.tails.base, table.tails.offsets
+            e.regions, e.regions_off = table.regions.base, table.regions.offsets
+            e.sold, e.sold_off = table.markets.base, table.markets.offsets
+            e.versions, e.versions_len = <const uint8_t*>PyBytes_AS_STRING(versions), PyBytes_GET_SIZE(versions)
+            e.prefix, e.prefix_len, e.first_id = PyBytes_AS_STRING(id_prefix), prefix_len, first_id
+            e.slow_data, e.slow_len = slow_data, slow_len
+            if n >= RELEASE_GIL_MIN_ITEMS:
+                with nogil:
+                    total = measure(e)
+            else:
+                total = measure(e)
             result = PyBytes_FromStringAndSize(NULL, total)
             start = <uint8_t*>PyBytes_AS_STRING(result)
-            with nogil:
-                # pass 2: the bytes
-                w = start
-                k = 0
-                for i in range(n):
-                    o = &outs[i]
-                    it = &items[i]
-                    w[0] = 0x0A  # CheckDevicesResponse.results
-                    w = put_varint(w + 1, o.result_len)
-                    if slow[i]:
-                        memcpy(w, slow_data[k], slow_len[k])
-                        w += slow_len[k]
-                        k += 1
-                        continue
-                    hit = &hits[i]
-                    market = markets[i]
-                    if it.request_id_len:  # CheckDeviceResult.request_id
-                        w = put_field(w, 0x0A, it.request_id, it.request_id_len)
-                    w[0] = 0x12  # CheckDeviceResult.response
-                    w = put_varint(w + 1, o.body_len)
-                    if it.request_id_len:  # CheckDeviceResponse.request_id
-                        w = put_field(w, 0x0A, it.request_id, it.request_id_len)
-                    w = put_span(w, heads, heads_off, o.outcome)  # verdict, reason, rule_id
-                    if hit.region:  # region: country, subdivision pre-encoded, then the network
-                        inner = span(regions_off, hit.region)
-                        w[0] = 0x2A
-                        w = put_varint(w + 1, <uint64_t>(inner + field_size(o.net_len)))
-                        w = put_span(w, regions, regions_off, hit.region)
-                        w = put_field(w, 0x1A, o.net, o.net_len)
-                    if market >= 0:  # sold_market
-                        w = put_span(w, sold, sold_off, market)
-                    w = put_span(w, tails, tails_off, o.outcome)  # enforced, message, cache_ttl_seconds
-                    memcpy(w, versions_data, versions_len)
-                    w += versions_len
-                    ident = first_id + <uint64_t>i
-                    digits = hex_digits(ident)
-                    if digits < 10:
-                        digits = 10
-                    w[0] = 0x5A  # decision_id
-                    w = put_varint(w + 1, <uint64_t>(prefix_len + digits))
-                    memcpy(w, prefix, prefix_len)
-                    w += prefix_len + digits
-                    for col in range(digits):
-                        (w - 1 - col)[0] = hexdigits[ident & 15]
-                        ident >>= 4
+            if n >= RELEASE_GIL_MIN_ITEMS:
+                with nogil:
+                    w = write(e, start)
+            else:
+                w = write(e, start)
             if w - start != total:
                 raise AssertionError(f"encoded {w - start} bytes, expected {total}")
             return result
@@ -660,3 +710,32 @@ cdef class Batch:
         if self.counts == NULL:
             raise RuntimeError("encode() first")
         return [self.counts[i] for i in range(self.ncounts)]
+
+
+def check_one(bytes request not None, geo, allowlist, Table table not None, bytes versions not None,
+              bytes id_prefix not None, uint64_t decision_id, dict overrides, now):
+    """CheckDevice in one call: a CheckDeviceRequest's wire bytes in, (CheckDeviceResponse's wire bytes, outcome
+    index) out, or None if Python must decide the item (invalid, explain, a live override in `overrides`, a
+    damaged allowlist bucket). The decision id is id_prefix + hex(decision_id). ValueError if malformed."""
+    cdef Batch batch = Batch.__new__(Batch, b"")
+    cdef int status
+    cdef bytes encoded
+    cdef Py_ssize_t size
+    batch.data = request  # the item points into it
+    status = parse_item(<const uint8_t*>PyBytes_AS_STRING(request),
+                        <const uint8_t*>PyBytes_AS_STRING(request) + PyBytes_GET_SIZE(request),
+                        &batch.items[0], C_MAX_DEPTH - 1)  # the depth a CheckDevices item has
+    if status == -2:
+        raise ValueError("a string is not valid UTF-8")
+    if status < 0:
+        raise ValueError("the wire format is corrupt")
+    batch.n = 1
+    batch.look_up(geo, allowlist)
+    if overrides:
+        batch.apply_overrides(overrides, now)
+    if batch.slow[0]:
+        return None
+    # the CheckDeviceResponse is the tail of the one CheckDeviceResult (its request_id, if any, comes first)
+    encoded = batch.encode(table, versions, id_prefix, decision_id, [])
+    size = PyBytes_GET_SIZE(encoded)
+    return encoded[size - batch.out[0].body_len:], batch.out[0].outcome

@@ -214,19 +214,23 @@ def verify(result: Result, runs, before: ServerCounts | None, after: ServerCount
 
 def run_h2load_mode(target: str, mode: str, bodies: list[Body], load: Load, metrics: str | None) -> Result:
     """Probe, warm up, scrape, load, scrape, verify; with latency percentiles from h2load's logs."""
-    from regionlock.service.bench_h2load import latencies_us, run_h2load
+    from regionlock.service.bench_h2load import MAX_CONNECTION_RATE, connection_plan, latencies_us, run_h2load
 
     bodies = probe(target, bodies)
+    connections, _ = connection_plan(load, len(bodies))
     result = Result(
         mode=mode,
         target=target,
-        connections=max(load.connections, len(bodies)),
+        connections=connections,
         streams=load.streams,
         processes=len(bodies),
         offered_rate=load.rate,
     )
-    if load.connections < len(bodies):
-        result.notes.append(f"connections raised to {len(bodies)}: one h2load process per request body")
+    if load.connections < connections:
+        result.notes.append(
+            f"connections raised to {connections}: one h2load process per request body, and at a fixed rate at "
+            f"most {MAX_CONNECTION_RATE:.0f} calls/s per connection"
+        )
     with tempfile.TemporaryDirectory(prefix="regionlock-bench-") as tmp:
         workdir = Path(tmp)
         if load.warmup > 0 and load.requests is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from regionlock.service.bench import BenchError, Body, Load
 
 GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 _EXTRA_SECONDS = 30.0  # beyond the requested duration before an h2load process is killed
+MAX_CONNECTION_RATE = 90.0  # calls per second per connection at a fixed rate (see _jobs)
 
 
 def h2load_path() -> str:
@@ -48,20 +50,59 @@ def _parse_h2load(text: str) -> dict[str, float]:
     return out
 
 
-def _h2load_args(target, body_path, body: Body, clients, total_clients, load: Load, duration, requests, log_path):
+def _h2load_args(target, body_path, body: Body, clients, load: Load, duration, requests, log_path, rate=None):
+    """One h2load process: `clients` connections of `load.streams` streams each, for a time or a count.
+
+    With `rate` (calls per second per connection) the connections open one per millisecond, so that their
+    send timers, which fire every 1/rate seconds, are spread over the period instead of firing together.
+    """
     args = ["taskset", "-c", load.pin] if load.pin else []
     args += [h2load_path(), "-c", str(clients), "-m", str(load.streams), "-t", "1", "-d", str(body_path)]
     for header in GRPC_HEADERS:
         args += ["-H", header]
+    if rate is not None:
+        args += ["--rps", f"{rate:.3f}", "-r", "1", "--rate-period", "1ms"]  # -r excludes -D: a count
     if requests is not None:
         args += ["-n", str(max(requests, clients))]
     else:
         args += ["-D", f"{max(1, round(duration * 1000))}ms"]
-    if load.rate:
-        args += ["--rps", f"{load.rate / total_clients:.3f}"]
     if log_path is not None:
         args += ["--log-file", str(log_path)]
     return [*args, f"http://{target}{body.method}"]
+
+
+def connection_plan(load: Load, n_bodies: int) -> tuple[int, float | None]:
+    """How many connections a run opens (every body needs one; see _jobs for a fixed rate), and the calls per
+    second each sends at a fixed rate."""
+    clients = max(load.connections, n_bodies)
+    if not load.rate:
+        return clients, None
+    clients = max(clients, math.ceil(load.rate / MAX_CONNECTION_RATE))
+    return clients, load.rate / clients
+
+
+def _jobs(target, bodies: list[Body], load: Load, workdir: Path, duration, requests, keep_logs):
+    """The h2load command lines, one process per body, the connections (and calls) split among them.
+
+    At a fixed rate, each connection sends at most MAX_CONNECTION_RATE calls per second (more connections if
+    needed): h2load's --rps timer fires at most every 10 ms and sends what is due at once, so a faster
+    connection would send bursts that queue in the server and measure the burst, not the load.
+    """
+    clients, per_client = connection_plan(load, len(bodies))
+    if load.rate and requests is None:
+        requests = max(clients, round(duration * load.rate))
+    jobs = []
+    split_clients = _split(clients, len(bodies))
+    counts = _split(requests, len(bodies)) if requests is not None else [None] * len(bodies)
+    if load.rate:  # every connection the same number of calls, so that all finish together
+        counts = [math.ceil(requests / clients) * n for n in split_clients]
+    for i, (body, n_clients, n_calls) in enumerate(zip(bodies, split_clients, counts, strict=True)):
+        body_path = workdir / f"body-{i}.bin"
+        body_path.write_bytes(body.frame)
+        log_path = workdir / f"h2load-{i}.log" if keep_logs else None
+        args = _h2load_args(target, body_path, body, n_clients, load, duration, n_calls, log_path, per_client)
+        jobs.append((body, args, log_path))
+    return jobs
 
 
 def run_h2load(
@@ -73,20 +114,14 @@ def run_h2load(
     requests: int | None,
     keep_logs: bool = True,
 ) -> list[tuple[Body, dict[str, float], Path | None]]:
-    """One h2load process per body, all at once, the connections split among them; killed if they overrun."""
-    total_clients = max(load.connections, len(bodies))
-    clients = _split(total_clients, len(bodies))
-    counts = _split(requests, len(bodies)) if requests is not None else [None] * len(bodies)
+    """Run the h2load processes (see _jobs) all at once; killed if they overrun."""
     running = []
-    for i, (body, n_clients, n_requests) in enumerate(zip(bodies, clients, counts, strict=True)):
-        body_path = workdir / f"body-{i}.bin"
-        body_path.write_bytes(body.frame)
-        log_path = workdir / f"h2load-{i}.log" if keep_logs else None
-        args = _h2load_args(target, body_path, body, n_clients, total_clients, load, duration, n_requests, log_path)
+    for i, (body, args, log_path) in enumerate(_jobs(target, bodies, load, workdir, duration, requests, keep_logs)):
         out_path = workdir / f"h2load-{i}.out"
         with open(out_path, "wb") as out:
             running.append((body, subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT), out_path, log_path))
-    deadline = time.monotonic() + (duration if requests is None else load.duration) + _EXTRA_SECONDS
+    limit = (duration if requests is None else load.duration) + _EXTRA_SECONDS
+    deadline = time.monotonic() + limit
     results, overran = [], False
     for body, process, out_path, log_path in running:
         try:
@@ -99,9 +134,7 @@ def run_h2load(
         if not overran:
             results.append((body, _parse_h2load(text), log_path))
     if overran:
-        raise BenchError(
-            f"h2load did not finish within {load.duration + _EXTRA_SECONDS:.0f}s; lower --requests or raise --duration"
-        )
+        raise BenchError(f"h2load did not finish within {limit:.0f}s; lower --requests or raise --duration")
     return results
 
 

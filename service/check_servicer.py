@@ -123,30 +123,35 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         return response
 
     def check_device_fast(self, request: bytes) -> bytes:
-        """CheckDevice from wire bytes to wire bytes: the request is decided as a batch of one by the kernel.
+        """CheckDevice from wire bytes to wire bytes: the kernel decides the request in one call.
 
         The handler's own Python is what a unary call costs beyond the transport, so the common case builds
-        no protobuf object; an item the kernel leaves to Python (invalid, explain, a live override) takes the
-        reference path.
+        no protobuf object and makes few calls; an item the kernel leaves to Python (invalid, explain, a live
+        override) takes the reference path.
         """
-        batch_request = b"\n" + _varint(len(request)) + request
+        snapshot = self._snapshot()
+        table = self._tables.get(snapshot)
+        overrides = self._override_dict(snapshot.overrides) if len(snapshot.overrides) else None
         try:
-            batch = batch_kernel.Batch(batch_request)
+            decided = batch_kernel.check_one(
+                request,
+                snapshot.geo,
+                snapshot.allowlist,
+                table.kernel,
+                self._versions_field(snapshot),
+                self._id_prefix,
+                self.ids.reserve(1),
+                overrides,
+                self.clock() if overrides else None,
+            )
         except ValueError as exc:
             raise InvalidArgument("request", f"not a valid CheckDeviceRequest: {exc}") from None
-        snapshot, now = self._snapshot(), self.clock()
-        table = self._tables.get(snapshot)
-        batch.look_up(snapshot.geo, snapshot.allowlist)
-        if len(snapshot.overrides):
-            batch.apply_overrides(self._override_dict(snapshot.overrides), now)
-        if batch.slow_items():
+        if decided is None:
             return self.check_device_reference(pb.CheckDeviceRequest.FromString(request)).SerializeToString()
-        first_id = self.ids.reserve(1)
-        encoded = batch.encode(table.kernel, self._versions_field(snapshot), self._id_prefix, first_id, [])
-        counts = batch.outcome_counts()
-        outcome = table.outcomes[counts.index(1)]
-        self.metrics.count_decision_totals({(outcome.verdict, outcome.reason, outcome.enforced): 1})
-        return _single_response(encoded)
+        response, index = decided
+        outcome = table.outcomes[index]
+        self.metrics.count_decision(outcome.verdict, outcome.reason, outcome.enforced)
+        return response
 
     def _check_batch_size(self, n: int) -> None:
         if n > self.max_batch:
@@ -271,37 +276,3 @@ def add_to_server(servicer: DeviceCheckServicer, server: grpc.Server) -> None:
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _single_response(encoded: bytes) -> bytes:
-    """The CheckDeviceResponse inside a one-result CheckDevicesResponse, as the kernel encodes it:
-    results (field 1) holding a CheckDeviceResult whose response is field 2 (request_id, field 1, may precede)."""
-    length, pos = _read_varint(encoded, 1)  # past the results tag
-    end = pos + length
-    while pos < end:
-        tag, pos = _read_varint(encoded, pos)
-        length, pos = _read_varint(encoded, pos)
-        if tag == 0x12:
-            return encoded[pos : pos + length]
-        pos += length
-    raise AssertionError("the kernel encoded no response for a decided item")

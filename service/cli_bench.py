@@ -35,7 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--requests", type=int, default=None, help="stop after this many calls instead")
     parser.add_argument("--connections", type=int, default=10, help="HTTP/2 connections in all (default 10)")
     parser.add_argument("--streams", type=int, default=10, help="concurrent streams per connection (default 10)")
-    parser.add_argument("--rate", type=float, default=None, help="fixed offered load, calls per second in all")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="fixed offered load, calls per second in all, sent at evenly spaced times (an open-loop schedule)",
+    )
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first (default 1)")
     parser.add_argument("--data-dir", default="./var", help="the server's data directory (default ./var)")
     parser.add_argument("--geo", help="region database (default DATA_DIR/geo.rlgeo)")

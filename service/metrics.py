@@ -110,16 +110,22 @@ class Metrics:
 
     def count_decision_totals(self, totals: Mapping[tuple[int, int, bool], int]) -> None:
         """Count decisions given as totals per (verdict, reason, enforced): one increment per distinct triple."""
+        for key, count in totals.items():
+            (self._decision_children.get(key) or self._decision_child(key)).inc(count)
+
+    def count_decision(self, verdict: int, reason: int, enforced: bool) -> None:
+        """Count one decision (the unary path: no mapping built per call)."""
+        key = (verdict, reason, enforced)
+        (self._decision_children.get(key) or self._decision_child(key)).inc()
+
+    def _decision_child(self, key: tuple[int, int, bool]):
         from regionlock.service.decision import Reason, Verdict
 
-        for key, count in totals.items():
-            child = self._decision_children.get(key)
-            if child is None:
-                verdict, reason, enforced = key
-                child = self._decision_children[key] = self.decisions.labels(
-                    Verdict(verdict).name, Reason(reason).name, "true" if enforced else "false"
-                )
-            child.inc(count)
+        verdict, reason, enforced = key
+        child = self._decision_children[key] = self.decisions.labels(
+            Verdict(verdict).name, Reason(reason).name, "true" if enforced else "false"
+        )
+        return child
 
     def serving(self, geo: str, allowlist: str, policy: str, loaded_at: float, revision: int) -> None:
         """Record the versions of the snapshot now serving."""

@@ -37,7 +37,7 @@ def serve(settings: Settings) -> int:
     if settings.worker_count > 1:
         return _serve_workers(settings)
     # imported only here: a multi-process supervisor must not import prometheus-client before it is set up
-    from regionlock.service.server import Service
+    from regionlock.service.server import Service, freeze_startup_objects
 
     try:
         service = Service(settings)
@@ -58,6 +58,7 @@ def serve(settings: Settings) -> int:
         log.error("can't load the data, not serving: %s", exc.message)
         service.stop(0)
         return 1
+    freeze_startup_objects()
     if settings.uses_embedded_data:
         print_examples(settings, service.holder.current, service.check_port, service.admin_port)
     log.info("ready")

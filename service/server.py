@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -28,6 +29,17 @@ log = logging.getLogger(__name__)
 CHECK_SERVICE = device_check_pb2.DESCRIPTOR.services_by_name["DeviceCheckService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def freeze_startup_objects() -> None:
+    """Keep what start-up made (modules, gRPC and protobuf machinery, the first snapshot) out of the collector.
+
+    A full collection scans every tracked object with the GIL held: about 15 ms here for a serving process,
+    a stall for every call in flight and the largest part of the p99 at moderate load. Objects made after
+    this (calls, later snapshots) are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def grpc_options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:

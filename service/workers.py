@@ -156,7 +156,7 @@ def run_child(settings: Settings, role: str) -> int:
     """The body of one forked process: serve its role until SIGTERM, reload on SIGHUP."""
     from regionlock.service.errors import ServiceError
     from regionlock.service.run import reload_in_background
-    from regionlock.service.server import Service
+    from regionlock.service.server import Service, freeze_startup_objects
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -183,6 +183,7 @@ def run_child(settings: Settings, role: str) -> int:
         log.error("%s process %d can't load the data: %s", role, os.getpid(), exc.message)
         service.stop(0)
         return 1
+    freeze_startup_objects()
     if role == CHECK:
         # join the shared port only now: the kernel would hand a worker still loading its share of connections
         service.start()

@@ -9,7 +9,7 @@ import pytest
 
 from regionlock.service import bench, cli, cli_bench
 from regionlock.service.bench_frames import METHOD_UNARY, build_mix, grpc_frame, open_snapshot
-from regionlock.service.bench_h2load import run_h2load
+from regionlock.service.bench_h2load import MAX_CONNECTION_RATE, run_h2load
 from regionlock.service.decision import Reason
 
 from fixtures_service import start_server_process, stop_server_process, write_world
@@ -69,6 +69,19 @@ def test_timed_run_is_bounded_and_verified(served):
     # calls cut off in flight at the end may be counted by the server but never received by h2load
     in_flight = result.connections * result.streams
     assert 0 <= result.verification["server_decisions"] - result.calls_ok <= in_flight
+
+
+def test_fixed_rate_run_offers_the_rate_over_enough_connections(served):
+    server, metrics, mix, _ = served
+    # 450 calls/s is more than 5 connections may send at MAX_CONNECTION_RATE: the plan opens more
+    load = bench.Load(connections=5, streams=4, duration=2, rate=450, warmup=0)
+    result = bench.run(server.check_addr, "unary", mix, load, metrics)
+    assert result.errors == {}
+    assert result.connections >= 450 / MAX_CONNECTION_RATE
+    # every connection sends the same count: the rate times the duration, rounded up to whole connections
+    assert 900 <= result.calls_ok < 900 + result.connections
+    assert result.verification["server_decisions"] == result.calls_ok
+    assert 300 < result.requests_per_s < 600  # paced, not as fast as the server answers
 
 
 @pytest.mark.parametrize(
