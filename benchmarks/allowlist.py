@@ -1,8 +1,10 @@
-"""Allowlist benchmark: build time and memory, open, verify, lookups vs dict, SQLite and numpy.searchsorted.
+"""Allowlist benchmark: build time and memory, open, verify, lookups vs dict, SQLite, numpy.searchsorted and C.
 
     .venv/bin/python -m benchmarks.allowlist [--rows 100000000] [--baseline-rows 10000000]
 
-Data (the demo CSV and the built file) is kept under benchmarks/data/ (git-ignored) and reused.
+Data (the demo CSV and the built file) is kept under benchmarks/data/ (git-ignored) and reused. The machine's
+ceiling, measured in the same run by memory_ceiling.c (compiled with gcc): a dependent random read's latency
+and a bare C bucket index over as many 64-bit keys.
 """
 
 from __future__ import annotations
@@ -51,6 +53,21 @@ def build(rows: int, csv_path: Path, out: Path) -> dict[str, float]:
         "process_s": wall,
         "peak_rss_mb": peak / 1024 if peak > before else float("nan"),
     }
+
+
+def machine_ceiling(rows: int, n_queries: int) -> dict[str, float] | None:
+    """memory_ceiling.c compiled here and run once: the machine's dependent-read latency and a bare C bucket
+    index's lookup rate on `rows` 64-bit keys, measured in the same run as the allowlist; None without gcc."""
+    source = Path(__file__).with_name("memory_ceiling.c")
+    binary = DATA / "memory_ceiling"
+    if not (binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime):
+        try:
+            subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"benchmarks.allowlist: no C ceiling ({exc})", file=sys.stderr)
+            return None
+    out = subprocess.run([str(binary), str(rows), str(n_queries)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
 
 
 def queries(al: Allowlist, n: int, seed: int = 1) -> list[str]:
@@ -210,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     qs = queries(al, args.queries)
     report["allowlist"] = bench_allowlist(out, qs)
     print(json.dumps(report["allowlist"]), flush=True)
+    report["ceiling"] = machine_ceiling(args.rows, args.queries)
+    if report["ceiling"]:
+        ceiling = report["ceiling"]["bucket_index_per_s"]
+        for key in ("single_per_s", "get_many_per_s"):
+            report["allowlist"][f"{key}_of_c_index"] = report["allowlist"][key] / ceiling
+        print(json.dumps(report["ceiling"]), flush=True)
     if args.baseline_rows:
         small = DATA / f"allowlist-demo-{args.baseline_rows}.rlallow"
         if args.baseline_rows != args.rows:

@@ -228,9 +228,8 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
             self._versions = (versions, field)
         return field
 
-    @edge.unary("CheckDevice")
-    def CheckDevice(self, request: bytes, context) -> bytes:
-        """Registered with identity (de)serializers (add_to_server): wire bytes in, wire bytes out."""
+    def check_device_bytes(self, request: bytes) -> bytes:
+        """One check, wire bytes in and out: the kernel's path, or the reference path if it wasn't built."""
         if batch_kernel is None:
             try:
                 parsed = pb.CheckDeviceRequest.FromString(request)
@@ -238,6 +237,11 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
                 raise InvalidArgument("request", "not a valid CheckDeviceRequest") from None
             return self.check_device_reference(parsed).SerializeToString()
         return self.check_device_fast(request)
+
+    @edge.unary("CheckDevice")
+    def CheckDevice(self, request: bytes, context) -> bytes:
+        """Registered with identity (de)serializers (add_to_server): wire bytes in, wire bytes out."""
+        return self.check_device_bytes(request)
 
     @edge.unary("CheckDevices")
     def CheckDevices(self, request: bytes, context) -> bytes:
@@ -251,28 +255,33 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         return self.check_devices_fast(request)
 
     @edge.streaming("StreamCheckDevices")
-    def StreamCheckDevices(self, request_iterator, context) -> Iterator[pb.CheckDeviceResponse]:
+    def StreamCheckDevices(self, request_iterator, context) -> Iterator[bytes]:
+        """Registered with identity (de)serializers: each message is checked as CheckDevice checks it, and a
+        message that can't be checked (malformed, invalid) gets a response with `error` and the stream goes on."""
         for request in request_iterator:
             try:
-                response = self._check(request, self._snapshot(), self.clock())
+                yield self.check_device_bytes(request)
             except ServiceError as exc:
                 self.metrics.item_errors.labels(exc.code).inc()
-                yield pb.CheckDeviceResponse(request_id=request.request_id, error=edge.status_message(exc))
-            else:
-                self._count([response])
-                yield response
+                yield pb.CheckDeviceResponse(
+                    request_id=_request_id(request), error=edge.status_message(exc)
+                ).SerializeToString()
 
 
 def add_to_server(servicer: DeviceCheckServicer, server: grpc.Server) -> None:
-    """Register the servicer as the generated code does, but CheckDevice(s) with identity (de)serializers."""
+    """Register the servicer as the generated code does, but with identity (de)serializers: wire bytes."""
     handlers = {
         "CheckDevice": grpc.unary_unary_rpc_method_handler(servicer.CheckDevice),
         "CheckDevices": grpc.unary_unary_rpc_method_handler(servicer.CheckDevices),
-        "StreamCheckDevices": grpc.stream_stream_rpc_method_handler(
-            servicer.StreamCheckDevices,
-            request_deserializer=pb.CheckDeviceRequest.FromString,
-            response_serializer=pb.CheckDeviceResponse.SerializeToString,
-        ),
+        "StreamCheckDevices": grpc.stream_stream_rpc_method_handler(servicer.StreamCheckDevices),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _request_id(request: bytes) -> str:
+    """The request_id of a CheckDeviceRequest's wire bytes, for an error response; empty if it can't be read."""
+    try:
+        return pb.CheckDeviceRequest.FromString(request).request_id
+    except Exception:  # a malformed message: its error response can't name it
+        return ""

@@ -152,6 +152,20 @@ def test_malformed_message_is_refused_without_harm(running):
     assert _stub(running).CheckDevice(pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN), timeout=5).verdict
 
 
+def test_stream_answers_a_malformed_message_with_an_error_and_goes_on(running):
+    raw = running.check.stream_stream(
+        "/regionlock.v1.DeviceCheckService/StreamCheckDevices",
+        request_serializer=lambda b: b,
+        response_deserializer=pb.CheckDeviceResponse.FromString,
+    )
+    good = pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN, request_id="ok").SerializeToString()
+    responses = list(raw(iter([good, b"\xff\xff\xff\xff\x0f\x00garbage", good]), timeout=10))
+    assert [r.request_id for r in responses] == ["ok", "", "ok"]
+    assert responses[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert responses[1].error.message.startswith("request: ")
+    assert responses[0].reason == responses[2].reason == pb.REASON_AUTHORIZED
+
+
 def test_health_serving_after_load(running):
     stub = health_pb2_grpc.HealthStub(running.check)
     for service in ("", "regionlock.v1.DeviceCheckService"):
