@@ -63,8 +63,10 @@ def render(r: dict, args, machine: str, mix, unary: dict, batch: dict) -> str:
         f"baseline (`benchmarks/echo_server.py`) is the same sync grpcio server (thread pool of 16, same options, "
         f"2 forked workers with SO_REUSEPORT) answering each request with fixed bytes of the real response's "
         f"size. Request mix: every reason the data gives ({', '.join(x.name for x in mix.reasons)}); unary runs "
-        f"one h2load process per reason. Every run is verified against the response sizes and the server's "
-        f"`regionlock_decisions_total`: {errors} errors in all measured regionlock runs.",
+        f"one h2load process per reason. Fixed-rate runs send evenly spaced calls over at least rate / 90 "
+        f"connections (see the README's Load testing: h2load's own --rps sends bursts). Every run is verified "
+        f"against the response sizes and the server's `regionlock_decisions_total`: {errors} errors in all "
+        f"measured regionlock runs.",
         "",
         "```sh",
         "make bench                                    # everything: installs h2load if it can, all benchmarks",
@@ -193,15 +195,21 @@ def _misses(r: dict, ratio: float, r_b: float, e_b: float, p99_half: float) -> l
     if p99_half >= 2:
         echo_p99 = _pct(r["echo_half"], "p99")
         verdict = (
-            "the echo baseline misses it too, so most of the tail is the sync server's threads queuing for the GIL "
-            "on 2 cores shared with h2load and the machine's other work (load average above)"
+            "the echo baseline misses it too: the tail is the transport's on this machine. At this load the 2 "
+            "cores are about 60% (echo) to 75% (regionlock) busy with the server's workers and the h2load "
+            "processes (from /proc/stat in a separate run), and a call whose thread wakes on a busy core waits "
+            "for it; grpcio's sync server hands each call between three threads (its C-core poller, a Python "
+            "poller, a pool thread). Tried on the echo, with no difference beyond run-to-run noise: a thread "
+            "pool of 4 instead of 16 and a 0.2 ms GIL switch interval instead of 5 ms. What would close it: a "
+            "server with fewer thread hand-offs per call than grpcio's sync server, or a load generator on "
+            "other cores than the server's"
             if echo_p99 >= 2
-            else "the echo baseline meets it, so the tail is regionlock's own per-call Python queuing for the GIL"
+            else "the echo baseline meets it, so the tail is regionlock's own per-call work. What would close it: "
+            "less Python per call (as for unary)"
         )
         out.append(
             f"- **p99 at half the max**: {p99_half:.1f} ms against < 2 ms (p50 {_pct(r['rl_half'], 'p50'):.2f} ms); "
-            f"the echo baseline at the same offered load: p99 {echo_p99:.1f} ms; {verdict}. What would close it: "
-            "less Python per call (as for unary), and measuring on a quiet machine."
+            f"the echo baseline at the same offered load: p99 {echo_p99:.1f} ms; {verdict}."
         )
     if "soak" in r and r["soak"].error_count:
         out.append(f"- **Soak**: {r['soak'].error_count} errors: {r['soak'].errors}.")
