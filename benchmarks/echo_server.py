@@ -7,7 +7,8 @@ Identity (bytes) serializers, no decision: each request gets a fixed byte string
 server answers that same request with (FILE maps base64 request -> response size, as benchmarks/service.py
 measured them; unknown requests get `default`). Same server model as regionlock (sync server, a
 ThreadPoolExecutor of 16, the same channel options) and the same process model: with --workers N > 1, N
-forked processes share the port with SO_REUSEPORT. `--model aio` and `--model uvloop` serve the same with
+forked processes share the port with SO_REUSEPORT, each on a CPU of its own as regionlock's workers are
+(`--cpu-affinity`). `--model aio` and `--model uvloop` serve the same with
 grpc.aio (for the server-model comparison). SIGTERM/SIGINT stop all.
 """
 
@@ -108,18 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--model", choices=("sync", "aio", "uvloop"), default="sync")
     parser.add_argument("--responses", help="JSON: {responses: {base64 request: size}, default: size}")
+    parser.add_argument("--cpu-affinity", choices=("auto", "none"), default="auto", help="as regionlock serve's")
     args = parser.parse_args(argv)
     table, default = load_responses(args.responses)
     if args.workers <= 1:
         serve(args.addr, args.model, False, table, default)
         return 0
     # fork before any gRPC object exists, as service/workers.py does; the children share the port
+    from regionlock.service.workers import worker_cpu
+
     children = []
-    for _ in range(args.workers):
+    for slot in range(args.workers):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                cpu = worker_cpu(slot, args.workers, args.cpu_affinity)
+                if cpu is not None:
+                    os.sched_setaffinity(0, {cpu})
                 serve(args.addr, args.model, True, table, default)
             except BaseException:
                 code = 1

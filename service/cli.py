@@ -44,6 +44,7 @@ def _add_serve(subparsers) -> None:
         "admin_addr": "Admin listener (default 127.0.0.1:50052)",
         "metrics_addr": "Prometheus /metrics listener; empty to disable (default 127.0.0.1:9464)",
         "workers": "DeviceCheck worker processes (default: one per core)",
+        "cpu_affinity": "auto: each worker on a CPU of its own when there are as many CPUs; none (default auto)",
         "log_level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
     }
     for name in FIELDS:

@@ -14,6 +14,7 @@ from typing import Any
 ENV_PREFIX = "REGIONLOCK_"
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+|\*):(\d{1,5})$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CPU_AFFINITY = ("auto", "none")  # auto: each worker on a CPU of its own when there are enough (see workers.py)
 
 
 class SettingsError(ValueError):
@@ -34,6 +35,7 @@ class Settings:
     admin_addr: str = "127.0.0.1:50052"
     metrics_addr: str = "127.0.0.1:9464"
     workers: int = 0
+    cpu_affinity: str = "auto"
     log_level: str = "INFO"
     max_batch: int = 10_000
     max_message_bytes: int = 64 << 20
@@ -114,6 +116,8 @@ def _validate(settings: Settings) -> None:
             raise SettingsError(f"{name}: port {match.group(2)} is out of range")
     if settings.workers < 0 or settings.workers > 256:
         raise SettingsError(f"workers: expected 0 (one per core) to 256, got {settings.workers}")
+    if settings.cpu_affinity not in CPU_AFFINITY:
+        raise SettingsError(f"cpu_affinity: expected one of {', '.join(CPU_AFFINITY)}, got {settings.cpu_affinity!r}")
     if not 1 <= settings.max_batch <= 1_000_000:
         raise SettingsError(f"max_batch: expected 1 to 1000000, got {settings.max_batch}")
     if settings.max_message_bytes < 1024:

@@ -46,12 +46,12 @@ class Supervisor:
         self.settings = settings
         self.workers = workers
         self.pid = os.getpid()
-        self.children: dict[int, tuple[str, float]] = {}
+        self.children: dict[int, tuple[str, float, int | None]] = {}  # pid: role, start, worker slot
         self.stopping = False
         self.failures: dict[str, int] = {ADMIN: 0, CHECK: 0}
 
     def _signal_children(self, signum: int, role: str | None = None) -> None:
-        for pid, (child_role, _) in list(self.children.items()):
+        for pid, (child_role, *_) in list(self.children.items()):
             if role is None or child_role == role:
                 try:
                     os.kill(pid, signum)
@@ -72,7 +72,7 @@ class Supervisor:
             # the Admin process reloaded (and so validated) the data: reload the workers too
             self._signal_children(signal.SIGHUP, CHECK)
 
-    def spawn(self, role: str) -> None:
+    def spawn(self, role: str, slot: int | None = None) -> None:
         # Signals stay blocked across the fork until the child has its own handlers: a SIGTERM that
         # arrives in between is then delivered to them instead of being lost.
         signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
@@ -85,21 +85,24 @@ class Supervisor:
         if pid == 0:
             code = 1
             try:
+                cpu = worker_cpu(slot, self.workers, self.settings.cpu_affinity)
+                if cpu is not None:
+                    os.sched_setaffinity(0, {cpu})  # before any thread starts: they all inherit it
                 code = run_child(self.settings, role)
             except BaseException:
                 log.exception("%s process failed", role)
             finally:
                 logging.shutdown()
                 os._exit(code)
-        self.children[pid] = (role, time.monotonic())
+        self.children[pid] = (role, time.monotonic(), slot)
         log.info("started %s process %d", role, pid)
 
     def run(self) -> int:
         for signum in _HANDLED:
             signal.signal(signum, self._on_signal)
         self.spawn(ADMIN)
-        for _ in range(self.workers):
-            self.spawn(CHECK)
+        for slot in range(self.workers):
+            self.spawn(CHECK, slot)
         exit_code = 0
         deadline = None
         while self.children:
@@ -112,16 +115,16 @@ class Supervisor:
                         self._signal_children(signal.SIGKILL)
                 time.sleep(0.05)
                 continue
-            role, started = self.children.pop(pid)
+            role, started, slot = self.children.pop(pid)
             _mark_dead(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 exit_code = exit_code or (0 if code == 0 else 1)
                 continue
-            self._restart(role, pid, code, started)
+            self._restart(role, pid, code, started, slot)
         return exit_code
 
-    def _restart(self, role: str, pid: int, code: int, started: float) -> None:
+    def _restart(self, role: str, pid: int, code: int, started: float, slot: int | None) -> None:
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         self.failures[role] = self.failures[role] + 1 if time.monotonic() - started < 10 else 1
         delay = min(_RESTART_BACKOFF_MAX, 0.1 * 2 ** (self.failures[role] - 1))
@@ -130,7 +133,21 @@ class Supervisor:
         while time.monotonic() < end and not self.stopping:
             time.sleep(0.05)
         if not self.stopping:
-            self.spawn(role)
+            self.spawn(role, slot)
+
+
+def worker_cpu(slot: int | None, workers: int, cpu_affinity: str) -> int | None:
+    """The CPU that DeviceCheck worker `slot` runs on, or None to leave it to the kernel.
+
+    With "auto" and at least as many allowed CPUs as workers, worker i gets the i-th: the hand-offs of each
+    call between grpcio's threads are then wake-ups on the same CPU, without inter-processor interrupts and
+    with warm caches (measured: about 20% less server CPU per call and a 4x lower median latency at a fixed
+    load; benchmarks/RESULTS.md). With fewer CPUs, pinning would stack workers on one, so none is pinned.
+    """
+    if slot is None or cpu_affinity != "auto" or not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[slot] if len(allowed) >= workers else None
 
 
 def _mark_dead(pid: int) -> None:

@@ -55,6 +55,8 @@ def test_explicit_data_path_disables_embedded_data():
         ({"workers": "-1"}, {}, "workers"),
         ({"max_batch": "0"}, {}, "max_batch"),
         ({"log_level": "LOUD"}, {}, "log_level"),
+        ({"cpu_affinity": "each"}, {}, "cpu_affinity"),
+        ({}, {"REGIONLOCK_CPU_AFFINITY": "1"}, "cpu_affinity"),
         ({"admin_tls_cert": "/nonexistent.pem"}, {}, "admin_tls_cert"),
         ({"no_such": "x"}, {}, "no_such"),
     ],

@@ -11,6 +11,7 @@ import grpc
 from regionlock.admin.v1 import admin_pb2 as apb
 from regionlock.admin.v1 import admin_pb2_grpc as apb_grpc
 from regionlock.service.auth import create_token
+from regionlock.service.workers import worker_cpu
 from regionlock.v1 import device_check_pb2 as pb
 from regionlock.v1 import device_check_pb2_grpc as pb_grpc
 
@@ -77,6 +78,7 @@ def test_a_worker_that_dies_is_restarted(world, tmp_path):
     server = start_server_process(world, tmp_path, "--workers", "2")
     try:
         pids = [int(p) for p in re.findall(r"started check process (\d+)", server.log())]
+        affinity = [os.sched_getaffinity(pid) for pid in pids]
         os.kill(pids[0], signal.SIGKILL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and len(re.findall(r"started check process", server.log())) < 3:
@@ -84,7 +86,37 @@ def test_a_worker_that_dies_is_restarted(world, tmp_path):
         log = server.log()
         assert f"check process {pids[0]} died (signal SIGKILL)" in log
         assert len(re.findall(r"started check process", log)) == 3
+        replacement = int(re.findall(r"started check process (\d+)", log)[-1])
+        assert os.sched_getaffinity(replacement) == affinity[0], "the restarted worker takes the dead one's CPU"
         responses = _check_on_fresh_connections(server.check_addr, "GLOBAL-0001", 10)
         assert all(r.reason == pb.REASON_REGION_RESTRICTED for r in responses)
     finally:
         assert stop_server_process(server) == 0, server.log()
+
+
+def _worker_affinities(world, tmp_path, *flags: str) -> list[set[int]]:
+    server = start_server_process(world, tmp_path, "--workers", "2", *flags)
+    try:
+        pids = [int(p) for p in re.findall(r"started check process (\d+)", server.log())]
+        return [os.sched_getaffinity(pid) for pid in pids]
+    finally:
+        assert stop_server_process(server) == 0, server.log()
+
+
+def test_workers_run_on_a_cpu_each_unless_told_not_to(world, tmp_path):
+    allowed = sorted(os.sched_getaffinity(0))
+    pinned = _worker_affinities(world, tmp_path)
+    if len(allowed) >= 2:
+        assert pinned == [{allowed[0]}, {allowed[1]}]
+    else:  # fewer CPUs than workers: none is pinned
+        assert pinned == [set(allowed)] * 2
+    assert _worker_affinities(world, tmp_path, "--cpu-affinity", "none") == [set(allowed)] * 2
+
+
+def test_worker_cpu_rule():
+    allowed = sorted(os.sched_getaffinity(0))
+    assert worker_cpu(None, 1, "auto") is None  # the Admin process floats
+    assert worker_cpu(0, 1, "none") is None
+    assert worker_cpu(0, 1, "auto") == allowed[0]
+    assert worker_cpu(len(allowed) - 1, len(allowed), "auto") == allowed[-1]
+    assert worker_cpu(0, len(allowed) + 1, "auto") is None  # more workers than CPUs: leave them to the kernel
