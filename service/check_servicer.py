@@ -78,7 +78,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         self.ids = DecisionIds()
         self._id_prefix = f"{self.ids.prefix}-".encode()
         self._tables = TableCache()
-        self._versions: tuple[object, bytes] = (None, b"")
+        self._versions: tuple[Snapshot | None, bytes] = (None, b"")
         self._overrides: tuple[OverrideIndex | None, dict[str, Override]] = (None, {})
 
     def _snapshot(self) -> Snapshot:
@@ -220,12 +220,12 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         return overrides
 
     def _versions_field(self, snapshot: Snapshot) -> bytes:
-        """CheckDeviceResponse.versions, encoded; cached by value (the snapshot changes with each override)."""
-        versions = snapshot.versions
+        """CheckDeviceResponse.versions, encoded once per snapshot (snapshots are immutable: an identity check
+        per call, where building and comparing the versions cost a microsecond)."""
         cached, field = self._versions
-        if cached != versions:
+        if cached is not snapshot:
             field = pb.CheckDeviceResponse(versions=versions_message(snapshot)).SerializeToString()
-            self._versions = (versions, field)
+            self._versions = (snapshot, field)
         return field
 
     def check_device_bytes(self, request: bytes) -> bytes:
