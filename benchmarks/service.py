@@ -196,11 +196,16 @@ def main(argv: list[str] | None = None) -> int:
                 print("unary and batch, interleaved:", flush=True)
                 for key in ("echo_unary", "rl_unary", "echo_batch", "rl_batch"):
                     r[key] = []
+                # each round runs echo, regionlock, regionlock, echo (ABBA): a pair's ratio then cancels the
+                # machine's drift whichever way it goes, and the ratio quoted is the median over the pairs
                 for _ in range(args.rounds):
-                    r["echo_unary"].append(once(echo, "unary", mix, duration=secs, **UNARY))
-                    r["rl_unary"].append(once(rl, "unary", mix, metrics, duration=secs, **UNARY))
-                    r["echo_batch"].append(once(echo, "batch", mix, duration=secs, **BATCH))
-                    r["rl_batch"].append(once(rl, "batch", mix, metrics, duration=secs, **BATCH))
+                    for mode, load, key in (("unary", UNARY, "unary"), ("batch", BATCH, "batch")):
+                        e1 = once(echo, mode, mix, duration=secs, **load)
+                        r1 = once(rl, mode, mix, metrics, duration=secs, **load)
+                        r2 = once(rl, mode, mix, metrics, duration=secs, **load)
+                        e2 = once(echo, mode, mix, duration=secs, **load)
+                        r[f"echo_{key}"] += [e1, e2]
+                        r[f"rl_{key}"] += [r1, r2]
                 max_rps = median(r["rl_unary"], lambda x: x.requests_per_s)
                 print(f"latency at half of the max ({max_rps / 2:,.0f} req/s):", flush=True)
                 r["rl_half"], r["echo_half"] = [], []

@@ -57,9 +57,10 @@ def render(r: dict, args, machine: str, mix, unary: dict, batch: dict) -> str:
         HEADING + " (`benchmarks/service.py`)",
         "",
         f"Measured {datetime.date.today().isoformat()} on {machine}. Server and load generator (h2load) share the "
-        f"2 cores; other work on the machine adds noise, so every figure is the median of {args.rounds} runs of "
-        f"{args.seconds:g} s, regionlock and the echo baseline interleaved in one run. `regionlock serve --workers 2` "
-        f"serves the embedded demo data (GeoLite2-City, 1,000,000 demo serials, the default policy); the echo "
+        f"2 cores; other work on the machine adds noise, so every figure is a median over {args.rounds} rounds of "
+        f"runs of {args.seconds:g} s, regionlock and the echo baseline interleaved in one run. "
+        f"`regionlock serve --workers 2` serves the embedded demo data (GeoLite2-City, 1,000,000 demo serials, "
+        f"the default policy); the echo "
         f"baseline (`benchmarks/echo_server.py`) is the same sync grpcio server (thread pool of 16, same options, "
         f"2 forked workers with SO_REUSEPORT) answering each request with fixed bytes of the real response's "
         f"size. Request mix: every reason the data gives ({', '.join(x.name for x in mix.reasons)}); unary runs "
@@ -78,8 +79,9 @@ def render(r: dict, args, machine: str, mix, unary: dict, batch: dict) -> str:
         f"--batch-size 1000 --connections {batch['connections']} --streams {batch['streams']} --duration 5",
         "```",
         "",
-        "The ratio is the median of the per-round ratios (each round runs echo and regionlock back to back), which "
-        "cancels most of the drift in the machine's background load.",
+        "Each round runs echo, regionlock, regionlock, echo; the ratio is the median over the 2 x rounds pairs "
+        "(each a regionlock run over the echo run beside it), which cancels most of the drift in the machine's "
+        "background load; the rates are medians over all runs.",
         "",
         "| measurement | regionlock | echo baseline | ratio | target | met |",
         "| --- | ---: | ---: | ---: | --- | --- |",

@@ -120,3 +120,15 @@ def test_worker_cpu_rule():
     assert worker_cpu(0, 1, "auto") == allowed[0]
     assert worker_cpu(len(allowed) - 1, len(allowed), "auto") == allowed[-1]
     assert worker_cpu(0, len(allowed) + 1, "auto") is None  # more workers than CPUs: leave them to the kernel
+
+
+def test_worker_metrics_live_in_memory_and_go_with_the_server(world, tmp_path):
+    server = start_server_process(world, tmp_path, "--workers", "2")
+    try:
+        _check_on_fresh_connections(server.check_addr, "GLOBAL-0001", 4)
+        metrics_dir = re.findall(r"their metrics in (\S+)", server.log())[0]
+        assert metrics_dir.startswith("/dev/shm/regionlock-metrics-"), "a tmpfs, where there is one (Linux)"
+        assert any(name.endswith(".db") for name in os.listdir(metrics_dir))
+    finally:
+        assert stop_server_process(server) == 0, server.log()
+    assert not os.path.exists(metrics_dir), "the metrics directory is removed at stop"
