@@ -6,6 +6,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
+from regionlock.core.release_gil cimport RELEASE_GIL_MIN_ITEMS
+
 import array
 import os
 
@@ -22,7 +24,6 @@ cdef extern from *:
 
 cdef uint64_t EMPTY_DIRECTORY[2]
 cdef Py_ssize_t PIPELINE_DEPTH = 24  # get_many: lookups between a directory read and its use
-cdef Py_ssize_t RELEASE_GIL_MIN_ITEMS = 64  # find_many: smaller batches keep the GIL (see geo.pyx)
 cdef uint8_t CODE[256]
 cdef uint8_t SPACE[256]
 cdef char ALPHA[40]

@@ -20,6 +20,8 @@ from cpython.unicode cimport PyUnicode_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy
 
+from regionlock.core.release_gil cimport RELEASE_GIL_MIN_ITEMS
+
 import array
 import ipaddress
 import sys
@@ -899,11 +901,6 @@ cdef class GeoDatabase:
 
 
 # --- the C-level batch API, for modules that cimport this one (declared in geo.pxd) ---------------------------
-
-# Smaller batches keep the GIL: releasing it costs a thread switch (and up to the 5 ms switch interval to get it
-# back) whenever another thread waits for it, far more than the lookups of a unary call take.
-cdef Py_ssize_t RELEASE_GIL_MIN_ITEMS = 64
-
 
 cdef int lookup_texts(object db, const char* const* texts, const Py_ssize_t* lengths, GeoHit* out,
                       Py_ssize_t n) except -1:

@@ -23,14 +23,12 @@ from libc.string cimport memcpy, memset
 
 from regionlock.core.allowlist cimport Rec, find_many, pack_serial, serial_text
 from regionlock.core.geo cimport GeoHit, format_hit_network, lookup_texts
+from regionlock.core.release_gil cimport RELEASE_GIL_MIN_ITEMS
 
 MAX_DEPTH = 100  # nested messages and groups, as the protobuf runtime allows
 
 cdef int C_MAX_DEPTH = MAX_DEPTH
-# Smaller batches (a unary call is a batch of one) keep the GIL: releasing it costs a thread switch, and up to
-# the 5 ms switch interval to get it back, whenever another thread waits for it.
-cdef Py_ssize_t RELEASE_GIL_MIN_ITEMS = 64
-cdef Py_ssize_t RELEASE_GIL_MIN_BYTES = 4096  # parsing: about 64 items
+cdef Py_ssize_t RELEASE_GIL_MIN_BYTES = 4096  # parsing: about RELEASE_GIL_MIN_ITEMS items
 cdef uint64_t ASCII_MASK = 0x8080808080808080ULL
 
 
@@ -101,36 +99,8 @@ cdef inline const uint8_t* read_varint(const uint8_t* p, const uint8_t* end, uin
     return NULL
 
 
-cdef inline const uint8_t* read_tag(const uint8_t* p, const uint8_t* end, uint32_t* field,
-                                     uint32_t* wire_type) noexcept nogil:
-    """A tag: a varint of at most 5 bytes that fits 32 bits (a message's fields are not numbered 0, but the
-    fields of a group being skipped may be: callers check)."""
-    cdef uint64_t v = 0
-    cdef int i
-    cdef uint8_t b
-    if p < end and p[0] < 0x80:  # the common one-byte tag
-        v = p[0]
-        p += 1
-    else:
-        for i in range(5):
-            if p >= end:
-                return NULL
-            b = p[0]
-            p += 1
-            v |= <uint64_t>(b & 0x7F) << (7 * i)
-            if not (b & 0x80):
-                break
-            if i == 4:
-                return NULL
-        if v > 0xFFFFFFFFULL:
-            return NULL
-    field[0] = <uint32_t>(v >> 3)
-    wire_type[0] = <uint32_t>(v & 7)
-    return p
-
-
-cdef inline const uint8_t* read_size(const uint8_t* p, const uint8_t* end, Py_ssize_t* size) noexcept nogil:
-    """A length prefix: a varint of at most 5 bytes, no more than the bytes left."""
+cdef inline const uint8_t* read_varint5(const uint8_t* p, const uint8_t* end, uint64_t* value) noexcept nogil:
+    """A varint of at most 5 bytes (tags and length prefixes); up to 35 bits, which callers bound."""
     cdef uint64_t v = 0
     cdef int i
     cdef uint8_t b
@@ -141,11 +111,36 @@ cdef inline const uint8_t* read_size(const uint8_t* p, const uint8_t* end, Py_ss
         p += 1
         v |= <uint64_t>(b & 0x7F) << (7 * i)
         if not (b & 0x80):
-            if v > <uint64_t>(end - p):
-                return NULL
-            size[0] = <Py_ssize_t>v
+            value[0] = v
             return p
     return NULL
+
+
+cdef inline const uint8_t* read_tag(const uint8_t* p, const uint8_t* end, uint32_t* field,
+                                     uint32_t* wire_type) noexcept nogil:
+    """A tag: a varint of at most 5 bytes that fits 32 bits (a message's fields are not numbered 0, but the
+    fields of a group being skipped may be: callers check)."""
+    cdef uint64_t v
+    if p < end and p[0] < 0x80:  # the common one-byte tag
+        v = p[0]
+        p += 1
+    else:
+        p = read_varint5(p, end, &v)
+        if p == NULL or v > 0xFFFFFFFFULL:
+            return NULL
+    field[0] = <uint32_t>(v >> 3)
+    wire_type[0] = <uint32_t>(v & 7)
+    return p
+
+
+cdef inline const uint8_t* read_size(const uint8_t* p, const uint8_t* end, Py_ssize_t* size) noexcept nogil:
+    """A length prefix: a varint of at most 5 bytes, no more than the bytes left."""
+    cdef uint64_t v
+    p = read_varint5(p, end, &v)
+    if p == NULL or v > <uint64_t>(end - p):
+        return NULL
+    size[0] = <Py_ssize_t>v
+    return p
 
 
 cdef const uint8_t* skip_field(const uint8_t* p, const uint8_t* end, uint32_t field, uint32_t wire_type,
