@@ -119,7 +119,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
     def check_device_reference(self, request: pb.CheckDeviceRequest) -> pb.CheckDeviceResponse:
         """CheckDevice through protobuf objects and decide(): the fast path's differential twin."""
         response = self._check(request, self._snapshot(), self.clock())
-        self.metrics.count_decision_totals({(response.verdict, response.reason, response.enforced): 1})
+        self.metrics.count_decision(response.verdict, response.reason, response.enforced)
         return response
 
     def check_device_fast(self, request: bytes) -> bytes:
@@ -231,11 +231,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
     def check_device_bytes(self, request: bytes) -> bytes:
         """One check, wire bytes in and out: the kernel's path, or the reference path if it wasn't built."""
         if batch_kernel is None:
-            try:
-                parsed = pb.CheckDeviceRequest.FromString(request)
-            except Exception:
-                raise InvalidArgument("request", "not a valid CheckDeviceRequest") from None
-            return self.check_device_reference(parsed).SerializeToString()
+            return _by_reference(request, pb.CheckDeviceRequest, self.check_device_reference)
         return self.check_device_fast(request)
 
     @edge.unary("CheckDevice")
@@ -247,11 +243,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
     def CheckDevices(self, request: bytes, context) -> bytes:
         """Registered with identity (de)serializers (add_to_server): wire bytes in, wire bytes out."""
         if batch_kernel is None:
-            try:
-                parsed = pb.CheckDevicesRequest.FromString(request)
-            except Exception:
-                raise InvalidArgument("request", "not a valid CheckDevicesRequest") from None
-            return self.check_devices_reference(parsed).SerializeToString()
+            return _by_reference(request, pb.CheckDevicesRequest, self.check_devices_reference)
         return self.check_devices_fast(request)
 
     @edge.streaming("StreamCheckDevices")
@@ -277,6 +269,15 @@ def add_to_server(servicer: DeviceCheckServicer, server: grpc.Server) -> None:
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _by_reference(request: bytes, message_class, reference: Callable) -> bytes:
+    """A request's wire bytes decided by a reference path (the compiled kernel is missing), the reply's out."""
+    try:
+        parsed = message_class.FromString(request)
+    except Exception:
+        raise InvalidArgument("request", f"not a valid {message_class.DESCRIPTOR.name}") from None
+    return reference(parsed).SerializeToString()
 
 
 def _request_id(request: bytes) -> str:
