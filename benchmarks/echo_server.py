@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.addr, args.model, False, table, default)
         return 0
     # fork before any gRPC object exists, as service/workers.py does; the children share the port
-    from regionlock.service.workers import worker_cpu
+    from regionlock.service.workers import pin_worker
 
     children = []
     for slot in range(args.workers):
@@ -124,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if pid == 0:
             code = 0
             try:
-                cpu = worker_cpu(slot, args.workers, args.cpu_affinity)
-                if cpu is not None:
-                    os.sched_setaffinity(0, {cpu})
+                pin_worker(slot, args.workers, args.cpu_affinity)
                 serve(args.addr, args.model, True, table, default)
             except BaseException:
                 code = 1

@@ -93,9 +93,12 @@ def _jobs(target, bodies: list[Body], load: Load, workdir: Path, duration, reque
         requests = max(clients, round(duration * load.rate))
     jobs = []
     split_clients = _split(clients, len(bodies))
-    counts = _split(requests, len(bodies)) if requests is not None else [None] * len(bodies)
     if load.rate:  # every connection the same number of calls, so that all finish together
         counts = [math.ceil(requests / clients) * n for n in split_clients]
+    elif requests is not None:
+        counts = _split(requests, len(bodies))
+    else:
+        counts = [None] * len(bodies)
     for i, (body, n_clients, n_calls) in enumerate(zip(bodies, split_clients, counts, strict=True)):
         body_path = workdir / f"body-{i}.bin"
         body_path.write_bytes(body.frame)

@@ -85,9 +85,7 @@ class Supervisor:
         if pid == 0:
             code = 1
             try:
-                cpu = worker_cpu(slot, self.workers, self.settings.cpu_affinity)
-                if cpu is not None:
-                    os.sched_setaffinity(0, {cpu})  # before any thread starts: they all inherit it
+                pin_worker(slot, self.workers, self.settings.cpu_affinity)
                 code = run_child(self.settings, role)
             except BaseException:
                 log.exception("%s process failed", role)
@@ -148,6 +146,14 @@ def worker_cpu(slot: int | None, workers: int, cpu_affinity: str) -> int | None:
         return None
     allowed = sorted(os.sched_getaffinity(0))
     return allowed[slot] if len(allowed) >= workers else None
+
+
+def pin_worker(slot: int | None, workers: int, cpu_affinity: str) -> None:
+    """Run this process on worker_cpu(...), if any; call it in a new child before any thread starts, so that
+    all its threads inherit the CPU."""
+    cpu = worker_cpu(slot, workers, cpu_affinity)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
 
 
 def _mark_dead(pid: int) -> None:
