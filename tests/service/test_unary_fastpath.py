@@ -8,25 +8,17 @@ from hypothesis import strategies as st
 from test_batch_fastpath import (  # the twins share the batch tests' worlds and strategies
     DECISION_ID,
     HYPOTHESIS,
-    OVERRIDES,
     SMALL_IPS,
     SMALL_SERIALS,
     _decisions,
-    _servicer,
     items,
+    small_pair,
 )
 
 from regionlock.service.errors import InvalidArgument, ServiceError
 from regionlock.v1 import device_check_pb2 as pb
 
-from fixtures_service import write_world
-
-
-@pytest.fixture(params=["enforce", "monitor"])
-def twins(request, tmp_path):
-    """A fast and a reference servicer over one small world with overrides (as the batch tests use)."""
-    world = write_world(tmp_path / "world", mode=request.param, gray="block", serial="allow", region="block")
-    return _servicer(world, OVERRIDES), _servicer(world, OVERRIDES)
+twins = small_pair  # the batch tests' fixture: a fast and a reference servicer over one small world with overrides
 
 
 def assert_unary_twins(data: bytes, fast, reference) -> None:
