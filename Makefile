@@ -33,6 +33,7 @@ $(STAMP): $(BIN)/python $(SOURCES)
 
 bench: $(STAMP)
 	command -v h2load >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; } || echo "note: h2load (nghttp2-client) could not be installed: the service benchmark is skipped"
+	command -v nghttpd >/dev/null 2>&1 || [ -x /usr/sbin/nghttpd ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-server; } || echo "note: nghttpd (nghttp2-server) could not be installed: the fixed-load floor is skipped"
 	$(BIN)/pip install --quiet -e ".[bench]" || echo "note: some benchmark comparisons are unavailable"
 	$(BIN)/python -m benchmarks.run
 

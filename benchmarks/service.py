@@ -6,9 +6,10 @@ Serves the embedded demo data (GeoLite2-City, 1,000,000 demo serials, the defaul
 benchmarks/data/service/) with `regionlock serve --workers 2`, and benchmarks/echo_server.py with the same
 worker count, the same server model and the same response sizes. Measures, interleaved, medians of
 --rounds runs: unary max rps at the same concurrency, batch of 1,000 decisions/s, p99 at a fixed offered
-load of half the measured max, a soak at 80% of max (errors, RSS of all server processes), a py-spy profile
-of a worker during the batch and unary runs, and the echo service under each server model. Writes the
-"## Service throughput" section of benchmarks/RESULTS.md.
+load of half the measured max (beside the echo under grpc.aio and the machine's floor, nghttpd: see
+service_floor.py; with each server's CPU and context switches per call), a soak at 80% of max (errors, RSS
+of all server processes), a py-spy profile of a worker during the batch and unary runs, and the echo service
+under each server model. Writes the "## Service throughput" section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
 
+from benchmarks.service_floor import floor_once, floor_server, median_cost, nghttpd_path, per_call_cost
 from benchmarks.service_profile import profile_worker, rss_kib, server_pids
 from benchmarks.service_report import write_section
 from regionlock.service import bench
@@ -139,11 +141,15 @@ def prepare_data() -> None:
     prepare_embedded_data(Settings(data_dir=DATA))
 
 
-def echo_responses(target: str, mix, path: Path) -> None:
-    """The real server's response size for every request the runs send: the echo answers the same sizes."""
-    bodies = bench.bodies_for(mix, "unary", 1) + bench.bodies_for(mix, "batch", 1000)
-    sizes = {base64.b64encode(b.frame[5:]).decode(): b.response_frame_len - 5 for b in bench.probe(target, bodies)}
+def echo_responses(target: str, mix, path: Path) -> int:
+    """The real server's response size for every request the runs send: the echo answers the same sizes.
+
+    Returns the median unary response frame's length (the floor server answers every call with that many)."""
+    unary = bench.probe(target, bench.bodies_for(mix, "unary", 1))
+    bodies = unary + bench.probe(target, bench.bodies_for(mix, "batch", 1000))
+    sizes = {base64.b64encode(b.frame[5:]).decode(): b.response_frame_len - 5 for b in bodies}
     path.write_text(json.dumps({"responses": sizes, "default": 140}))
+    return round(statistics.median(b.response_frame_len for b in unary))
 
 
 def once(target, mode, mix, metrics=None, **load) -> bench.Result:
@@ -154,6 +160,37 @@ def once(target, mode, mix, metrics=None, **load) -> bench.Result:
         flush=True,
     )
     return result
+
+
+def fixed_load_runs(tmp: Path, servers: dict, responses: Path, floor_len: int, mix, rate, secs, rounds) -> dict:
+    """p99 at a fixed rate, interleaved per round: the HTTP/2 floor (nghttpd, when installed), the echo under
+    grpc.aio, the echo and regionlock; with each server's CPU and context switches per call."""
+    print(f"latency at half of the max ({rate:,.0f} req/s):", flush=True)
+    aio_ctx, aio = echo_server(tmp, responses, model="aio")
+    out: dict = {"costs": {}}
+    with ExitStack() as stack:
+        servers = {**servers, "aio": (aio, None, stack.enter_context(aio_ctx))}
+        runs = {
+            name: (lambda t=target, m=met: once(t, "unary", mix, m, duration=secs, rate=rate, **UNARY))
+            for name, (target, met, _) in servers.items()
+        }
+        if nghttpd_path() is None:
+            print("  (no nghttpd: apt-get install nghttp2-server for the machine's floor)", flush=True)
+        else:
+            port = free_port()
+            floor = stack.enter_context(floor_server(tmp, floor_len, port))
+            servers["floor"] = (f"127.0.0.1:{port}", None, floor)
+            runs["floor"] = lambda: floor_once(f"127.0.0.1:{port}", mix, rate, secs, UNARY)
+        costs: dict[str, list] = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name in ("floor", "aio", "echo", "rl"):
+                if name in runs:
+                    pids = server_pids(servers[name][2].pid)
+                    result, cost = per_call_cost(pids, runs[name], rate, settle=2.0, window=max(0.5, secs - 1.0))
+                    out.setdefault(f"{name}_half", []).append(result)
+                    costs[name].append(cost)
+    out["costs"] = {name: median_cost(c) for name, c in costs.items()}
+    return out
 
 
 def median(results: list[bench.Result], key) -> float:
@@ -190,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         rl_ctx, rl, metrics = regionlock_server(tmp)
         with rl_ctx as rl_process:
             responses = tmp / "responses.json"
-            echo_responses(rl, mix, responses)
+            floor_len = echo_responses(rl, mix, responses)
             echo_ctx, echo = echo_server(tmp, responses)
-            with echo_ctx:
+            with echo_ctx as echo_process:
                 print("unary and batch, interleaved:", flush=True)
                 for key in ("echo_unary", "rl_unary", "echo_batch", "rl_batch"):
                     r[key] = []
@@ -207,11 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                         r[f"echo_{key}"] += [e1, e2]
                         r[f"rl_{key}"] += [r1, r2]
                 max_rps = median(r["rl_unary"], lambda x: x.requests_per_s)
-                print(f"latency at half of the max ({max_rps / 2:,.0f} req/s):", flush=True)
-                r["rl_half"], r["echo_half"] = [], []
-                for _ in range(args.rounds):
-                    r["echo_half"].append(once(echo, "unary", mix, duration=secs, rate=max_rps / 2, **UNARY))
-                    r["rl_half"].append(once(rl, "unary", mix, metrics, duration=secs, rate=max_rps / 2, **UNARY))
+                servers = {"rl": (rl, metrics, rl_process), "echo": (echo, None, echo_process)}
+                r.update(fixed_load_runs(tmp, servers, responses, floor_len, mix, max_rps / 2, secs, args.rounds))
             print("profiles (py-spy on the busiest worker):", flush=True)
             r["profile_batch"] = profile_worker(
                 rl_process.pid, lambda: once(rl, "batch", mix, metrics, duration=secs + 3, **BATCH)

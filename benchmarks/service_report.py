@@ -41,6 +41,31 @@ def _profile_lines(profile: dict) -> list[str]:
     return lines
 
 
+COST_LABELS = {
+    "floor": "HTTP/2 floor (nghttpd, 2 threads, C)",
+    "aio": "echo, grpc.aio (2 workers)",
+    "echo": "echo, sync grpcio (2 workers)",
+    "rl": "regionlock (2 workers)",
+}
+
+
+def _cost_lines(r: dict) -> list[str]:
+    """What each call costs each server at half the max: CPU and context switches over all its threads."""
+    lines = [
+        "Per call at half the max, over every thread of the server's processes (from /proc, a window of each "
+        "fixed-rate run after its warm-up; medians over rounds). The load generator's own cost is not counted:",
+        "",
+        "| server | CPU µs per call | voluntary switches | involuntary switches |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, cost in r["costs"].items():
+        lines.append(
+            f"| {COST_LABELS[name]} | {cost.cpu_us:,.0f} | {cost.voluntary_switches:.1f} "
+            f"| {cost.involuntary_switches:.1f} |"
+        )
+    return lines
+
+
 def render(r: dict, args, machine: str, mix, unary: dict, batch: dict) -> str:
     e_u, r_u = _med(r["echo_unary"], lambda x: x.requests_per_s), _med(r["rl_unary"], lambda x: x.requests_per_s)
     e_b, r_b = _med(r["echo_batch"], lambda x: x.checks_per_s), _med(r["rl_batch"], lambda x: x.checks_per_s)
@@ -113,12 +138,16 @@ def render(r: dict, args, machine: str, mix, unary: dict, batch: dict) -> str:
         ("regionlock unary, max load", "rl_unary"),
         ("echo batch of 1,000, max load", "echo_batch"),
         ("regionlock batch of 1,000", "rl_batch"),
+        ("HTTP/2 floor (nghttpd, C), half of regionlock's max", "floor_half"),
+        ("echo unary under grpc.aio, half of regionlock's max", "aio_half"),
         ("echo unary, half of regionlock's max", "echo_half"),
         ("regionlock unary, half max", "rl_half"),
     ):
-        lines.append(
-            f"| {label} | " + " | ".join(f"{_pct(r[key], p):.2f}" for p in ("p50", "p90", "p99", "p99.9")) + " |"
-        )
+        if key in r:
+            lines.append(
+                f"| {label} | " + " | ".join(f"{_pct(r[key], p):.2f}" for p in ("p50", "p90", "p99", "p99.9")) + " |"
+            )
+    lines += ["", *_cost_lines(r)]
     lines += [
         "",
         "Server models, on the echo service (unary req/s, same h2load load; pinned runs put h2load on core 1):",
@@ -196,15 +225,27 @@ def _misses(r: dict, ratio: float, r_b: float, e_b: float, p99_half: float) -> l
         )
     if p99_half >= 2:
         echo_p99 = _pct(r["echo_half"], "p99")
+        costs = r["costs"]
+        floor = (
+            f"The machine's own floor, a C HTTP/2 server answering the same h2load load with bytes of the same "
+            f"size, gives p99 {_pct(r['floor_half'], 'p99'):.2f} ms at {costs['floor'].cpu_us:,.0f} µs of CPU and "
+            f"{costs['floor'].voluntary_switches + costs['floor'].involuntary_switches:.1f} context switches per "
+            "call; "
+            if "floor_half" in r
+            else ""
+        )
+        echo_cost, rl_cost = costs["echo"], costs["rl"]
         verdict = (
-            "the echo baseline misses it too: the tail is the transport's on this machine. At this load the 2 "
-            "cores are about 60% (echo) to 75% (regionlock) busy with the server's workers and the h2load "
-            "processes (from /proc/stat in a separate run), and a call whose thread wakes on a busy core waits "
-            "for it; grpcio's sync server hands each call between three threads (its C-core poller, a Python "
-            "poller, a pool thread). Tried on the echo, with no difference beyond run-to-run noise: a thread "
-            "pool of 4 instead of 16 and a 0.2 ms GIL switch interval instead of 5 ms. What would close it: a "
-            "server with fewer thread hand-offs per call than grpcio's sync server, or a load generator on "
-            "other cores than the server's"
+            f"the echo baseline misses it too: the tail is the transport's on this machine. {floor}the sync "
+            f"grpcio echo spends {echo_cost.cpu_us:,.0f} µs and "
+            f"{echo_cost.voluntary_switches + echo_cost.involuntary_switches:.1f} context switches per call "
+            f"(regionlock {rl_cost.cpu_us:,.0f} µs, "
+            f"{rl_cost.voluntary_switches + rl_cost.involuntary_switches:.1f}), because grpcio's sync server "
+            "hands every call between its C-core threads, a Python poller thread and a pool thread, each "
+            "hand-off a wake-up that waits for the GIL and for a core. grpc.aio at the same load: p99 "
+            f"{_pct(r['aio_half'], 'p99'):.1f} ms. What would close it: a gRPC server with fewer thread "
+            "hand-offs per call than grpcio's Python servers, or a load generator on other cores than the "
+            "server's"
             if echo_p99 >= 2
             else "the echo baseline meets it, so the tail is regionlock's own per-call work. What would close it: "
             "less Python per call (as for unary)"
