@@ -104,6 +104,14 @@ class Running:
     def auth(self, token: str | None = None) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {token or self.operator_token}")]
 
+    def raw_check(self, method: str) -> grpc.UnaryUnaryMultiCallable:
+        """A DeviceCheckService method called with wire bytes both ways (for malformed requests)."""
+        return self.check.unary_unary(
+            f"/regionlock.v1.DeviceCheckService/{method}",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+
 
 @pytest.fixture
 def running(world) -> Iterator[Running]:
