@@ -207,6 +207,11 @@ def verify(result: Result, runs, before: ServerCounts | None, after: ServerCount
             )
     else:
         result.notes.append("no --metrics: verified by response bytes only")
+    if errors["UNREPORTED"] and before is not None:
+        result.notes.append(
+            "UNREPORTED calls got no answer and the service did not count them: refused before it saw them, as "
+            "grpc-core refuses calls (CANCELLED) beyond a worker's max_pending_calls"
+        )
     result.errors = {k: v for k, v in sorted(errors.items()) if v}
     result.calls_ok = ok_calls
     result.checks_ok = ok_calls * items - sum(v for k, v in result.errors.items() if k.startswith("ITEM_"))

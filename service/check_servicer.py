@@ -8,10 +8,12 @@ check_devices_reference(), is its differential twin.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from datetime import UTC, datetime
 
 import grpc
@@ -19,7 +21,7 @@ import grpc
 from regionlock.service import edge
 from regionlock.service.batch_table import TableCache
 from regionlock.service.decision import Decision, decide
-from regionlock.service.errors import InvalidArgument, ServiceError, Unavailable
+from regionlock.service.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from regionlock.service.metrics import Metrics
 from regionlock.service.overrides.index import OverrideIndex
 from regionlock.service.overrides.model import Override
@@ -70,10 +72,14 @@ def versions_message(snapshot: Snapshot) -> pb.DataVersions:
 class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
     """The gateways' API; thin: one snapshot read per check, decide(), build the response."""
 
-    def __init__(self, holder: SnapshotHolder, metrics: Metrics, max_batch: int, clock: Clock = utc_now):
+    def __init__(
+        self, holder: SnapshotHolder, metrics: Metrics, max_batch: int, clock: Clock = utc_now, max_streams: int = 64
+    ):
         self.holder = holder
         self.metrics = metrics
         self.max_batch = max_batch
+        self.max_streams = max_streams
+        self._stream_slots = threading.BoundedSemaphore(max_streams)
         self.clock = clock
         self.ids = DecisionIds()
         self._id_prefix = f"{self.ids.prefix}-".encode()
@@ -249,23 +255,51 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
     @edge.streaming("StreamCheckDevices")
     def StreamCheckDevices(self, request_iterator, context) -> Iterator[bytes]:
         """Registered with identity (de)serializers: each message is checked as CheckDevice checks it, and a
-        message that can't be checked (malformed, invalid) gets a response with `error` and the stream goes on."""
-        for request in request_iterator:
-            try:
-                yield self.check_device_bytes(request)
-            except ServiceError as exc:
-                self.metrics.item_errors.labels(exc.code).inc()
-                yield pb.CheckDeviceResponse(
-                    request_id=_request_id(request), error=edge.status_message(exc)
-                ).SerializeToString()
+        message that can't be checked (malformed, invalid) gets a response with `error` and the stream goes on.
+
+        Each open stream holds a thread of its own pool (see add_to_server) for its whole life, so a worker
+        serves at most max_streams of them and refuses more at once rather than leave them waiting."""
+        if not self._stream_slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"this worker already serves {self.max_streams} streams (max_streams); retry later or on another "
+                "connection, or send batches with CheckDevices"
+            )
+        try:
+            for request in request_iterator:
+                try:
+                    yield self.check_device_bytes(request)
+                except ServiceError as exc:
+                    self.metrics.item_errors.labels(exc.code).inc()
+                    yield pb.CheckDeviceResponse(
+                        request_id=_request_id(request), error=edge.status_message(exc)
+                    ).SerializeToString()
+        finally:
+            self._stream_slots.release()
 
 
-def add_to_server(servicer: DeviceCheckServicer, server: grpc.Server) -> None:
-    """Register the servicer as the generated code does, but with identity (de)serializers: wire bytes."""
+STREAM_SPARE_THREADS = 4  # beyond max_streams: a stream over the limit finds a thread to be refused on at once
+
+
+def stream_thread_pool(max_streams: int) -> futures.ThreadPoolExecutor:
+    return futures.ThreadPoolExecutor(max_workers=max_streams + STREAM_SPARE_THREADS, thread_name_prefix="stream")
+
+
+def add_to_server(
+    servicer: DeviceCheckServicer, server: grpc.Server, stream_pool: futures.ThreadPoolExecutor | None = None
+) -> None:
+    """Register the servicer as the generated code does, but with identity (de)serializers: wire bytes.
+
+    With `stream_pool`, StreamCheckDevices runs on that pool instead of the server's (grpcio's
+    `experimental_thread_pool` hook): a sync server's stream holds a pool thread while it is open, and on the
+    shared pool 16 open streams would leave no thread for any unary or batch call.
+    """
+    stream_behavior = functools.partial(servicer.StreamCheckDevices)
+    if stream_pool is not None:
+        stream_behavior.experimental_thread_pool = stream_pool
     handlers = {
         "CheckDevice": grpc.unary_unary_rpc_method_handler(servicer.CheckDevice),
         "CheckDevices": grpc.unary_unary_rpc_method_handler(servicer.CheckDevices),
-        "StreamCheckDevices": grpc.stream_stream_rpc_method_handler(servicer.StreamCheckDevices),
+        "StreamCheckDevices": grpc.stream_stream_rpc_method_handler(stream_behavior),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -46,6 +46,8 @@ def _add_serve(subparsers) -> None:
         "workers": "DeviceCheck worker processes (default: one per core)",
         "cpu_affinity": "auto: each worker on a CPU of its own when there are as many CPUs; none (default auto)",
         "log_level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
+        "max_streams": "open StreamCheckDevices streams per worker; more are refused (default 64)",
+        "max_pending_calls": "calls a worker's grpc-core queues before it starts refusing some (default 10000)",
     }
     for name in FIELDS:
         flag = "--" + name.replace("_", "-")

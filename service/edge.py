@@ -56,14 +56,31 @@ def unary(method: str):
     return wrap
 
 
+def _count_client_end(metrics: Metrics, context: grpc.ServicerContext, method: str) -> None:
+    remaining = context.time_remaining()
+    ended = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    metrics.rpc_errors.labels(method, ended).inc()
+    log.debug("%s ended from the client's side: %s", method, ended)
+
+
 def streaming(method: str):
-    """Wrap a response-streaming handler of a servicer that has `metrics`: convert its errors."""
+    """Wrap a response-streaming handler of a servicer that has `metrics`: convert its errors.
+
+    A call that ends from outside (the client cancelled, its deadline passed, the server is stopping) is an
+    ordinary end for a long-lived stream: counted by that cause, not logged as a failure of ours, and nothing
+    is sent. grpcio shows it either way: the request iterator raises a bare RpcError, or, if the call ended
+    while a response was being sent, grpcio stops iterating and the handler is closed (GeneratorExit)."""
 
     def wrap(handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         @functools.wraps(handler)
         def call(self, request_iterator, context):
             try:
                 yield from handler(self, request_iterator, context)
+            except grpc.RpcError:
+                _count_client_end(self.metrics, context, method)
+            except GeneratorExit:
+                _count_client_end(self.metrics, context, method)
+                raise
             except Exception as exc:
                 _abort(self.metrics, context, method, exc)
 

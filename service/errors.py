@@ -41,6 +41,12 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
+class ResourceExhausted(ServiceError):
+    """A limit of this server process is reached (open streams); retrying later or on another connection may work."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class Unauthenticated(ServiceError):
     """No token, or a token the server doesn't know."""
 

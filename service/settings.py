@@ -38,6 +38,8 @@ class Settings:
     cpu_affinity: str = "auto"
     log_level: str = "INFO"
     max_batch: int = 10_000
+    max_streams: int = 64
+    max_pending_calls: int = 10_000
     max_message_bytes: int = 64 << 20
     grace_seconds: float = 10.0
     override_poll_seconds: float = 0.2
@@ -120,6 +122,10 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"cpu_affinity: expected one of {', '.join(CPU_AFFINITY)}, got {settings.cpu_affinity!r}")
     if not 1 <= settings.max_batch <= 1_000_000:
         raise SettingsError(f"max_batch: expected 1 to 1000000, got {settings.max_batch}")
+    if not 1 <= settings.max_streams <= 10_000:
+        raise SettingsError(f"max_streams: expected 1 to 10000, got {settings.max_streams}")
+    if not 100 <= settings.max_pending_calls <= 1_000_000:
+        raise SettingsError(f"max_pending_calls: expected 100 to 1000000, got {settings.max_pending_calls}")
     if settings.max_message_bytes < 1024:
         raise SettingsError(f"max_message_bytes: expected at least 1024, got {settings.max_message_bytes}")
     if settings.grace_seconds < 0:

@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 
 from regionlock.service.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -104,13 +105,25 @@ class SqliteOverrideStore(SqlOverrideStore):
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each transaction is exactly what we say
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = self._enable_wal(conn)
         if mode != "wal":
             logger.warning("override store %s: journal mode is %s, not wal", self._path, mode)
         # FULL: an acknowledged change survives power loss, not just a process crash
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> str:
+        """Switch to WAL, retrying within the busy timeout: SQLite answers "database is locked" at once, without
+        waiting, when several processes open a new file together (workers starting on a fresh data dir)."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:

@@ -57,6 +57,8 @@ def test_explicit_data_path_disables_embedded_data():
         ({"log_level": "LOUD"}, {}, "log_level"),
         ({"cpu_affinity": "each"}, {}, "cpu_affinity"),
         ({}, {"REGIONLOCK_CPU_AFFINITY": "1"}, "cpu_affinity"),
+        ({"max_streams": "0"}, {}, "max_streams"),
+        ({}, {"REGIONLOCK_MAX_PENDING_CALLS": "10"}, "max_pending_calls"),
         ({"admin_tls_cert": "/nonexistent.pem"}, {}, "admin_tls_cert"),
         ({"no_such": "x"}, {}, "no_such"),
     ],
