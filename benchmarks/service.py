@@ -167,7 +167,7 @@ def fixed_load_runs(tmp: Path, servers: dict, responses: Path, floor_len: int, m
     grpc.aio, the echo and regionlock; with each server's CPU and context switches per call."""
     print(f"latency at half of the max ({rate:,.0f} req/s):", flush=True)
     aio_ctx, aio = echo_server(tmp, responses, model="aio")
-    out: dict = {"costs": {}}
+    out: dict = {}
     with ExitStack() as stack:
         servers = {**servers, "aio": (aio, None, stack.enter_context(aio_ctx))}
         runs = {

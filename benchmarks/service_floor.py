@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.service_profile import cpu_ticks
 from regionlock.service import bench
 from regionlock.service.bench_h2load import latencies_us, run_h2load
 
@@ -84,9 +85,10 @@ def floor_once(target: str, mix, rate: float, seconds: float, load: dict) -> Flo
     return result
 
 
-def _thread_counters(pids: list[int]) -> tuple[int, int, int]:
-    """CPU ticks, voluntary and involuntary context switches, summed over every thread of the processes."""
-    ticks = voluntary = involuntary = 0
+def _counters(pids: list[int]) -> tuple[int, int, int]:
+    """CPU ticks (a process's own stat sums its threads), and voluntary and involuntary context switches,
+    which /proc keeps per thread only, summed over every thread of the processes."""
+    voluntary = involuntary = 0
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
@@ -94,16 +96,13 @@ def _thread_counters(pids: list[int]) -> tuple[int, int, int]:
             continue
         for tid in tids:
             try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
                 with open(f"/proc/{pid}/task/{tid}/status") as f:
                     status = dict(line.split(":", 1) for line in f if ":" in line)
-            except (OSError, IndexError, ValueError):
+            except (OSError, ValueError):
                 continue  # a thread that ended between the listing and the read
-            ticks += int(fields[11]) + int(fields[12])
             voluntary += int(status["voluntary_ctxt_switches"])
             involuntary += int(status["nonvoluntary_ctxt_switches"])
-    return ticks, voluntary, involuntary
+    return sum(cpu_ticks(pids).values()), voluntary, involuntary
 
 
 @dataclass
@@ -123,9 +122,9 @@ def per_call_cost(pids: list[int], load, rate: float, settle: float, window: flo
     thread = threading.Thread(target=lambda: result.setdefault("run", load()))
     thread.start()
     time.sleep(settle)
-    first, started = _thread_counters(pids), time.monotonic()
+    first, started = _counters(pids), time.monotonic()
     time.sleep(window)
-    second, elapsed = _thread_counters(pids), time.monotonic() - started
+    second, elapsed = _counters(pids), time.monotonic() - started
     thread.join()
     calls = rate * elapsed
     hz = os.sysconf("SC_CLK_TCK")

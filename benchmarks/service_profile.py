@@ -17,7 +17,7 @@ from pathlib import Path
 FOCUS = ("DeviceCheckServicer.", "decide (", "count_decisions", "versions_message", "edge.py", "Metrics.observe_rpc")
 
 
-def _cpu_ticks(pids: list[int]) -> dict[int, int]:
+def cpu_ticks(pids: list[int]) -> dict[int, int]:
     ticks = {}
     for pid in pids:
         try:
@@ -31,9 +31,9 @@ def _cpu_ticks(pids: list[int]) -> dict[int, int]:
 
 def busiest(root_pid: int, interval: float = 0.5) -> int:
     pids = server_pids(root_pid)
-    first = _cpu_ticks(pids)
+    first = cpu_ticks(pids)
     time.sleep(interval)
-    second = _cpu_ticks(pids)
+    second = cpu_ticks(pids)
     return max(second, key=lambda pid: second[pid] - first.get(pid, 0))
 
 

@@ -280,22 +280,17 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
 STREAM_SPARE_THREADS = 4  # beyond max_streams: a stream over the limit finds a thread to be refused on at once
 
 
-def stream_thread_pool(max_streams: int) -> futures.ThreadPoolExecutor:
-    return futures.ThreadPoolExecutor(max_workers=max_streams + STREAM_SPARE_THREADS, thread_name_prefix="stream")
-
-
-def add_to_server(
-    servicer: DeviceCheckServicer, server: grpc.Server, stream_pool: futures.ThreadPoolExecutor | None = None
-) -> None:
+def add_to_server(servicer: DeviceCheckServicer, server: grpc.Server) -> None:
     """Register the servicer as the generated code does, but with identity (de)serializers: wire bytes.
 
-    With `stream_pool`, StreamCheckDevices runs on that pool instead of the server's (grpcio's
+    StreamCheckDevices runs on a pool of its own, sized by the servicer's max_streams (grpcio's
     `experimental_thread_pool` hook): a sync server's stream holds a pool thread while it is open, and on the
-    shared pool 16 open streams would leave no thread for any unary or batch call.
+    server's shared pool 16 open streams would leave no thread for any unary or batch call.
     """
     stream_behavior = functools.partial(servicer.StreamCheckDevices)
-    if stream_pool is not None:
-        stream_behavior.experimental_thread_pool = stream_pool
+    stream_behavior.experimental_thread_pool = futures.ThreadPoolExecutor(
+        max_workers=servicer.max_streams + STREAM_SPARE_THREADS, thread_name_prefix="stream"
+    )
     handlers = {
         "CheckDevice": grpc.unary_unary_rpc_method_handler(servicer.CheckDevice),
         "CheckDevices": grpc.unary_unary_rpc_method_handler(servicer.CheckDevices),

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from regionlock.admin.v1 import admin_pb2, admin_pb2_grpc
 from regionlock.service.admin_servicer import AdminServicer
 from regionlock.service.auth import AuthInterceptor, TokenFileError, TokenStore
-from regionlock.service.check_servicer import DeviceCheckServicer, add_to_server, stream_thread_pool
+from regionlock.service.check_servicer import DeviceCheckServicer, add_to_server
 from regionlock.service.metrics import Metrics, start_metrics_listener
 from regionlock.service.overrides.index import OverrideIndexRefresher
 from regionlock.service.overrides.store import open_store
@@ -73,7 +73,7 @@ def create_check_server(
         options=grpc_options(settings, reuse_port),
     )
     # identity serializers: the batch kernel reads the wire bytes; streams on a pool of their own
-    add_to_server(servicer, server, stream_thread_pool(settings.max_streams))
+    add_to_server(servicer, server)
     health_servicer = _add_health_and_reflection(server, [CHECK_SERVICE])
     port = server.add_insecure_port(address or settings.check_addr)
     if port == 0:
