@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+import pycountry
 
 from regionlock.core.serials import normalize_market
 
@@ -36,10 +38,39 @@ DEFAULT_MESSAGES = {
     "override_lock": "This device has been locked. Please contact support.",
 }
 _TOP_LEVEL_KEYS = ("mode", "cache_ttl_seconds", "restricted", "markets", "actions", "messages")
+_RULE_KEYS = ("id", "regions", "message", "allow_absent_regions")
+# Codes in common use that ISO 3166 does not assign (the UK's domain, the EU's code for Greece): a rule naming
+# them would match nothing, so they are refused with the code that was meant.
+_LOOKALIKES = {"UK": "GB", "EL": "GR"}
+# What tags Crimea or Sevastopol with the country alone, for the message refusing a rule its data can't match.
+_NO_SUBDIVISIONS = "GeoLite2/GeoIP2 Country, DB-IP, IPinfo and RIR data carry no ISO 3166-2 subdivisions"
 
 
 class PolicyError(ValueError):
     """The policy is invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataRegions:
+    """The regions a region database carries: codes a policy may name beyond ISO 3166, and what can match at all."""
+
+    name: str
+    countries: frozenset[str]
+    subdivisions: frozenset[str]
+
+    @classmethod
+    def of(cls, name: str, regions: Iterable[tuple[str, str | None]]) -> DataRegions:
+        """From a GeoDatabase's `regions` table of (country, subdivision or None); `name` names it in errors."""
+        regions = list(regions)
+        return cls(
+            name,
+            frozenset(country for country, _ in regions if country),
+            frozenset(subdivision for _, subdivision in regions if subdivision),
+        )
+
+    def carries(self, entry: str) -> bool:
+        """Whether some address of the database is in this region (a country: in it or any of its subdivisions)."""
+        return entry in self.subdivisions if "-" in entry else entry in self.countries
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +80,8 @@ class RestrictedRule:
     id: str
     regions: frozenset[str]
     message: str
+    # set by the rule's author: regions the region database never carries are accepted (and match nothing there)
+    allow_absent_regions: bool = False
 
     @property
     def rule_id(self) -> str:
@@ -105,16 +138,45 @@ class Policy:
         return covered
 
 
-def _region_list(value: Any, key: str, allow_star: bool) -> frozenset[str]:
+def _iso_problem(entry: str, data: DataRegions | None) -> str | None:
+    """Why a well-formed region code can't mean what it says (None if it is ISO 3166 or the data carries it)."""
+    if data is not None and data.carries(entry):
+        return None
+    country, _, code = entry.partition("-")
+    if code and pycountry.subdivisions.get(code=entry) is not None:
+        return None
+    if not code and pycountry.countries.get(alpha_2=entry) is not None:
+        return None
+    if country in _LOOKALIKES:
+        meant = _LOOKALIKES[country] + (f"-{code}" if code else "")
+        problem = f"{entry} is not an ISO 3166 code: did you mean {meant}?"
+    elif pycountry.countries.get(alpha_2=country) is None:
+        historic = pycountry.historic_countries.get(alpha_2=country)
+        withdrawn = f" (withdrawn: {historic.name}, {historic.withdrawal_date})" if historic else ""
+        problem = f"{country} is not a current ISO 3166-1 country code{withdrawn}"
+        if code:
+            problem = f"{entry} is not an ISO 3166-2 code: {problem}"
+    else:
+        problem = f"{entry} is not an ISO 3166-2 subdivision of {country}"
+    where = f"nor a region {data.name} carries" if data is not None else "and no region database was given"
+    return f"{problem} ({where})"
+
+
+def _region_list(value: Any, key: str, allow_star: bool, data: DataRegions | None) -> frozenset[str]:
     if not isinstance(value, list):
         raise PolicyError(f"{key}: expected a list of region codes")
-    regions = set()
+    regions: set[str] = set()
     for i, entry in enumerate(value):
         if not isinstance(entry, str) or not (
             _COUNTRY.match(entry) or _SUBDIVISION.match(entry) or (allow_star and entry == "*")
         ):
             what = "an ISO 3166-1 country, an ISO 3166-2 subdivision" + (' or "*"' if allow_star else "")
             raise PolicyError(f"{key}[{i}]: expected {what}, got {entry!r}")
+        problem = None if entry == "*" else _iso_problem(entry, data)
+        if problem is not None:
+            raise PolicyError(f"{key}[{i}]: {problem}")
+        if entry in regions:
+            raise PolicyError(f"{key}[{i}]: duplicate region {entry!r}")
         regions.add(entry)
     return frozenset(regions)
 
@@ -126,7 +188,7 @@ def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def _parse_restricted(raw: Any) -> tuple[RestrictedRule, ...]:
+def _parse_restricted(raw: Any, data: DataRegions | None) -> tuple[RestrictedRule, ...]:
     if not isinstance(raw, list):
         raise PolicyError("restricted: expected an array of tables ([[restricted]])")
     rules, seen = [], set()
@@ -134,7 +196,7 @@ def _parse_restricted(raw: Any) -> tuple[RestrictedRule, ...]:
         key = f"restricted[{i}]"
         if not isinstance(rule, dict):
             raise PolicyError(f"{key}: expected a table")
-        for name in sorted(set(rule) - {"id", "regions", "message"}):
+        for name in sorted(set(rule) - set(_RULE_KEYS)):
             raise PolicyError(f"{key}.{name}: unknown key")
         rule_id = rule.get("id")
         if not isinstance(rule_id, str) or not _RULE_ID.match(rule_id):
@@ -145,25 +207,59 @@ def _parse_restricted(raw: Any) -> tuple[RestrictedRule, ...]:
         message = rule.get("message", "This device can't be used in this region.")
         if not isinstance(message, str):
             raise PolicyError(f"{key}.message: expected a string")
+        allow_absent = rule.get("allow_absent_regions", False)
+        if not isinstance(allow_absent, bool):
+            raise PolicyError(f"{key}.allow_absent_regions: expected true or false, got {allow_absent!r}")
         if "regions" not in rule:
             raise PolicyError(f"{key}.regions: missing")
-        rules.append(RestrictedRule(rule_id, _region_list(rule["regions"], f"{key}.regions", False), message))
+        regions = _region_list(rule["regions"], f"{key}.regions", False, data)
+        absent = absent_regions(regions, data)
+        if absent and not allow_absent:
+            raise PolicyError(_absent_message(f"{key}.regions", absent, data))
+        rules.append(RestrictedRule(rule_id, regions, message, allow_absent))
     return tuple(rules)
 
 
-def parse_policy(text: str, source: str = "policy") -> Policy:
-    """Parse and validate policy TOML; raise PolicyError naming the key (and the source) on any problem."""
+def absent_regions(regions: Iterable[str], data: DataRegions | None) -> list[str]:
+    """The regions no address of the database is in (none without a database)."""
+    return [] if data is None else sorted(r for r in regions if r != "*" and not data.carries(r))
+
+
+def _absent_message(key: str, absent: list[str], data: DataRegions) -> str:
+    hint = (
+        f" ({_NO_SUBDIVISIONS}: they tag such addresses with the country alone)"
+        if any("-" in r for r in absent)
+        else ""
+    )
+    return (
+        f"{key}: {', '.join(absent)} never occur in {data.name}, so this rule can't match them there{hint}; "
+        "serve a source that carries them, or set allow_absent_regions = true on the rule if that is meant"
+    )
+
+
+def undefined_markets(policy: Policy, markets: Iterable[str]) -> list[str]:
+    """The markets (of an allowlist) the policy doesn't define: their devices would be gray imports everywhere."""
+    return sorted(set(markets) - set(policy.markets))
+
+
+def parse_policy(text: str, source: str = "policy", data: DataRegions | None = None) -> Policy:
+    """Parse and validate policy TOML; raise PolicyError naming the key (and the source) on any problem.
+
+    With `data` (the regions of the region database it will serve with), regions that database carries may be
+    named even if ISO 3166 doesn't list them (XK), and a restricted region it never carries is refused unless
+    its rule sets allow_absent_regions.
+    """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{source}: not valid TOML: {exc}") from None
     try:
-        return _build(raw, hashlib.sha256(text.encode()).hexdigest()[:16])
+        return _build(raw, hashlib.sha256(text.encode()).hexdigest()[:16], data)
     except PolicyError as exc:
         raise PolicyError(f"{source}: {exc}") from None
 
 
-def _build(raw: dict[str, Any], version: str) -> Policy:
+def _build(raw: dict[str, Any], version: str, data: DataRegions | None) -> Policy:
     for key in sorted(set(raw) - set(_TOP_LEVEL_KEYS)):
         raise PolicyError(f"{key}: unknown key")
     mode = raw.get("mode", "enforce")
@@ -180,7 +276,7 @@ def _build(raw: dict[str, Any], version: str) -> Policy:
             raise PolicyError(f"markets.{name}: {exc}") from None
         if normalized != name:
             raise PolicyError(f"markets.{name}: market names are upper case ({normalized!r})")
-        markets[name] = _region_list(regions, f"markets.{name}", True)
+        markets[name] = _region_list(regions, f"markets.{name}", True, data)
     actions = _table(raw, "actions")
     for key in sorted(set(actions) - set(ACTIONS)):
         raise PolicyError(f"actions.{key}: unknown action")
@@ -200,7 +296,7 @@ def _build(raw: dict[str, Any], version: str) -> Policy:
     return Policy(
         mode=mode,
         cache_ttl_seconds=ttl,
-        restricted=_parse_restricted(raw.get("restricted", [])),
+        restricted=_parse_restricted(raw.get("restricted", []), data),
         markets=MappingProxyType(markets),
         block_gray_import=blocks["gray_import"],
         block_unknown_serial=blocks["unknown_serial"],
@@ -210,13 +306,13 @@ def _build(raw: dict[str, Any], version: str) -> Policy:
     )
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file."""
+def load_policy(path: str | Path, data: DataRegions | None = None) -> Policy:
+    """Read and validate a policy file (against a region database's regions, if given: see parse_policy)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"{path}: can't read the policy: {exc}") from None
-    return parse_policy(text, str(path))
+    return parse_policy(text, str(path), data)
 
 
 def default_policy_text() -> str:
