@@ -242,6 +242,22 @@ def undefined_markets(policy: Policy, markets: Iterable[str]) -> list[str]:
     return sorted(set(markets) - set(policy.markets))
 
 
+def require_markets_defined(policy: Policy, markets: Iterable[str], policy_name: str, allowlist_name: str) -> None:
+    """Refuse a policy that leaves a market of the allowlist undefined (PolicyError naming them).
+
+    Refused, not warned about: such a market's devices would be gray imports in every region, their own included
+    (a US phone in the US), and a policy can say that on purpose with `US = []`, so an undefined market is
+    always an omission.
+    """
+    undefined = undefined_markets(policy, markets)
+    if undefined:
+        raise PolicyError(
+            f"{policy_name}: markets: {', '.join(undefined)} of the allowlist {allowlist_name} not defined, so "
+            "their devices would be gray imports everywhere; define each under [markets] (as an empty list, "
+            "covering nowhere, if that is meant)"
+        )
+
+
 def parse_policy(text: str, source: str = "policy", data: DataRegions | None = None) -> Policy:
     """Parse and validate policy TOML; raise PolicyError naming the key (and the source) on any problem.
 

@@ -13,7 +13,7 @@ from regionlock.core.errors import DataFileError
 from regionlock.core.geo import GeoDatabase
 from regionlock.service.errors import FailedPrecondition
 from regionlock.service.overrides.index import OverrideIndex
-from regionlock.service.policy import Policy, PolicyError, load_policy
+from regionlock.service.policy import DataRegions, Policy, PolicyError, load_policy, require_markets_defined
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,23 +49,22 @@ class Snapshot:
 
 
 def load_data(settings: Settings) -> tuple[GeoDatabase, Allowlist, Policy]:
-    """Open and verify the data files and the policy; raise FailedPrecondition naming what is wrong."""
+    """Open and verify the data files and the policy; raise FailedPrecondition naming what is wrong.
+
+    The policy is checked against this region database and this allowlist (parse_policy, require_markets_defined);
+    a reload refused for it keeps the old data serving.
+    """
     try:
         geo = GeoDatabase.open(settings.geo_path, verify=True)
         allowlist = Allowlist.open(settings.allowlist_path, verify=True)
-        policy = load_policy(settings.policy_path)
+        policy = load_policy(settings.policy_path, DataRegions.of(str(settings.geo_path), geo.regions))
+        require_markets_defined(policy, allowlist.markets, str(settings.policy_path), str(settings.allowlist_path))
     except FileNotFoundError as exc:
         raise FailedPrecondition(f"no such file: {exc.filename}") from None
     except OSError as exc:
         raise FailedPrecondition(f"can't read {exc.filename}: {exc.strerror}") from None
     except (DataFileError, PolicyError) as exc:
         raise FailedPrecondition(str(exc)) from None
-    undefined = sorted(set(allowlist.markets) - set(policy.markets))
-    if undefined:
-        log.warning(
-            "allowlist markets not defined in the policy (their devices count as gray imports): %s",
-            ", ".join(undefined),
-        )
     return geo, allowlist, policy
 
 

@@ -55,6 +55,7 @@ message = "Not here."
 EEA = ["DE", "FR"]
 CN = ["CN"]
 GLOBAL = ["*"]
+US = []  # defined, covering nowhere: a US device is a gray import everywhere
 [actions]
 gray_import = "{gray}"
 unknown_serial = "{serial}"
@@ -181,11 +182,9 @@ def wait_for_health(
             time.sleep(0.1)
 
 
-def start_server_process(settings: Settings, tmp_path: Path, *extra: str) -> ServerProcess:
-    """Start `regionlock serve` on free ports with the settings' data; wait until both are SERVING."""
-    check_addr, admin_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    log_path = tmp_path / f"server-{check_addr.rsplit(':', 1)[1]}.log"
-    args = [
+def serve_command(settings: Settings, check_addr: str, admin_addr: str, metrics_addr: str) -> list[str]:
+    """`regionlock serve` on the settings' data files and the given listeners, one process."""
+    return [
         *regionlock_command(),
         "serve",
         "--data-dir",
@@ -201,11 +200,17 @@ def start_server_process(settings: Settings, tmp_path: Path, *extra: str) -> Ser
         "--admin-addr",
         admin_addr,
         "--metrics-addr",
-        f"127.0.0.1:{free_port()}",
+        metrics_addr,
         "--workers",
         "1",
-        *extra,
     ]
+
+
+def start_server_process(settings: Settings, tmp_path: Path, *extra: str) -> ServerProcess:
+    """Start `regionlock serve` on free ports with the settings' data; wait until both are SERVING."""
+    check_addr, admin_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    log_path = tmp_path / f"server-{check_addr.rsplit(':', 1)[1]}.log"
+    args = [*serve_command(settings, check_addr, admin_addr, f"127.0.0.1:{free_port()}"), *extra]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = ServerProcess(process, check_addr, admin_addr, log_path)
