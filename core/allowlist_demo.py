@@ -3,7 +3,7 @@
 Row i of seed s is always the same serial and market, whatever n. Serials are unique (a bijection of the
 row number is encoded in each) and come in four shapes: phone style `R58M` + 9 (13 characters),
 IMEI-like `35` + 13 digits (15), `SN-2YWW-` + 10 (18), laptop style `C02` + 8 `/` + 5 (17). Markets are
-EEA 30 %, GLOBAL 20 %, CN 15 %, IN 15 %, US 12 % (a market the default policy leaves undefined), RU 8 %.
+EEA 30 %, GLOBAL 20 %, CN 15 %, IN 15 %, US 12 %, RU 8 %: the markets the default policy defines.
 """
 
 from __future__ import annotations

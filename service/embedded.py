@@ -20,6 +20,7 @@ EXAMPLE_ADDRESSES = {
     "sevastopol": ("5.149.208.1", "UA", "UA-40"),
     "kyiv": ("5.53.112.1", "UA", "UA-30"),
     "germany": ("2.16.6.1", "DE", None),
+    "usa": ("12.0.0.1", "US", None),
     "china": ("1.0.8.1", "CN", None),
     "iran": ("2.144.0.1", "IR", None),
 }
@@ -83,12 +84,13 @@ def example_commands(settings: Settings, snapshot, check_port: int, admin_port: 
         region = snapshot.geo.lookup(ip)
         if region is not None and region.country == country and (subdivision in (None, region.subdivision)):
             addresses[name] = ip
-    serials = _sample_serials(snapshot.allowlist, {"EEA", "CN", "GLOBAL"})
+    serials = _sample_serials(snapshot.allowlist, {"EEA", "CN", "GLOBAL", "US"})
     target = f"127.0.0.1:{check_port}"
     check = f"regionlock check --target {target}"
     lines = []
     cases = [
         ("authorized", serials.get("EEA"), addresses.get("germany")),
+        ("authorized (a US device in the US)", serials.get("US"), addresses.get("usa")),
         ("gray import (a CN device in Germany)", serials.get("CN"), addresses.get("germany")),
         ("region restricted (Crimea)", serials.get("GLOBAL"), addresses.get("crimea")),
         ("not restricted (Kyiv)", serials.get("GLOBAL"), addresses.get("kyiv")),

@@ -68,6 +68,9 @@ def test_first_start_builds_and_second_start_reuses(tmp_path):
             "REASON_UNKNOWN_SERIAL",
             "REASON_UNKNOWN_REGION",
         } <= reasons
+        # the demo allowlist and the default policy agree: an EEA device in Germany, a US device in the US
+        assert [answer.get("reason") for answer in answers].count("REASON_AUTHORIZED") == 2
+        assert "not defined" not in first
         statuses = [answer for answer in answers if "serials" in answer]  # the Admin GetStatus example
         assert [status["serials"] for status in statuses] == ["20000"]
     finally:
