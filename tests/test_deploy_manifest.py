@@ -8,7 +8,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from regionlock.service.policy import parse_policy
+from regionlock.core.geo import GeoDatabase
+from regionlock.service.policy import DataRegions, default_policy_text, parse_policy
 from regionlock.service.server import CHECK_SERVICE
 from regionlock.service.settings import FIELDS, Settings, load_settings
 
@@ -91,3 +92,15 @@ def test_the_pod_reads_the_files_the_config_names_from_its_mounts(docs, containe
     for path in (config.geo_path, config.allowlist_path, config.policy_path, config.tokens_path):
         assert PurePosixPath(path).parent in mounts, path
     parse_policy(docs["ConfigMap"]["data"][config.policy_path.name], "ConfigMap policy.toml")
+
+
+def test_the_manifest_restricts_what_the_default_policy_restricts(docs, config, geolite2_db):
+    text = docs["ConfigMap"]["data"][config.policy_path.name]
+    data = DataRegions.of(geolite2_db.name, GeoDatabase.open(geolite2_db).regions)
+    manifest = parse_policy(text, "ConfigMap policy.toml", data)  # every rule can match on a City database
+    restricted = {region for rule in manifest.restricted for region in rule.regions}
+    default = {region for rule in parse_policy(default_policy_text()).restricted for region in rule.regions}
+    assert default <= restricted, f"the manifest drops {sorted(default - restricted)}"
+    comments = " ".join(line for line in text.splitlines() if line.strip().startswith("#"))
+    for region in sorted(restricted - default):  # and says why it restricts more
+        assert f"({region})" in comments, region
