@@ -20,6 +20,7 @@ from regionlock.service.overrides.model import (
     validate_serial,
 )
 from regionlock.service.overrides.store import MAX_BULK_ITEMS
+from regionlock.service.snapshot import allowlist_built_at
 
 if TYPE_CHECKING:
     from regionlock.service.server import Service
@@ -32,6 +33,10 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(value)
     return ts
+
+
+def _epoch_timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    return _timestamp(datetime.fromtimestamp(seconds, UTC))
 
 
 def override_message(override: Override) -> pb.Override:
@@ -175,7 +180,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     def GetStatus(self, request, context):
         service = self.service
         response = pb.GetStatusResponse(
-            start_time=_timestamp(datetime.fromtimestamp(service.start_time, UTC)),
+            start_time=_epoch_timestamp(service.start_time),
             reloads_ok=service.holder.reloads_ok,
             reloads_failed=service.holder.reloads_failed,
             overrides_staleness_seconds=service.refresher.staleness_seconds(),
@@ -187,4 +192,16 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             response.serials = len(snapshot.allowlist)
             response.overrides = snapshot.overrides.count_live(self.clock())
             response.mode = snapshot.policy.mode
+            geo = snapshot.geo_provenance
+            if geo.built_at is not None:
+                response.geo_build_time.CopyFrom(_epoch_timestamp(geo.built_at))
+            for source in geo.sources:
+                message = response.geo_sources.add(name=source.name, database_type=source.database_type)
+                if source.build_epoch is not None:
+                    message.build_time.CopyFrom(_epoch_timestamp(source.build_epoch))
+            now = self.clock().timestamp()
+            response.geo_age_warning = geo.age_warning(now, service.settings.geo_max_age_days)
+            allowlist_built = allowlist_built_at(snapshot.allowlist)
+            if allowlist_built is not None:
+                response.allowlist_build_time.CopyFrom(_epoch_timestamp(allowlist_built))
         return response

@@ -48,6 +48,7 @@ def _add_serve(subparsers) -> None:
         "log_level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
         "max_streams": "open StreamCheckDevices streams per worker; more are refused (default 64)",
         "max_pending_calls": "calls a worker's grpc-core queues before it starts refusing some (default 10000)",
+        "geo_max_age_days": "warn when the region data is older than this many days; 0 never (default 35)",
     }
     for name in FIELDS:
         flag = "--" + name.replace("_", "-")

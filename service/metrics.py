@@ -77,6 +77,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self.data_build_seconds = Gauge(
+            "regionlock_data_build_timestamp_seconds",
+            "When the serving data was built, by file: geo from its oldest MaxMind DB source's build_epoch "
+            "(else when it was compiled), allowlist when it was compiled.",
+            ["file"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.overrides_revision = Gauge(
             "regionlock_overrides_revision",
             "The override revision the check path has seen.",
@@ -137,6 +145,17 @@ class Metrics:
             self._serving_versions = versions
         self.snapshot_load_seconds.set(loaded_at)
         self.overrides_revision.set(revision)
+
+    def data_built(self, geo: float | None, allowlist: float | None) -> None:
+        """Record when the serving data files were built (a file without a build time leaves no sample)."""
+        for file, built in (("geo", geo), ("allowlist", allowlist)):
+            if built is None:
+                try:
+                    self.data_build_seconds.remove(file)
+                except KeyError:
+                    pass
+            else:
+                self.data_build_seconds.labels(file).set(built)
 
 
 def start_metrics_listener(registry: CollectorRegistry, address: str) -> int:

@@ -22,7 +22,7 @@ from regionlock.service.metrics import Metrics, start_metrics_listener
 from regionlock.service.overrides.index import OverrideIndexRefresher
 from regionlock.service.overrides.store import open_store
 from regionlock.service.settings import Settings
-from regionlock.service.snapshot import Snapshot, SnapshotHolder
+from regionlock.service.snapshot import Snapshot, SnapshotHolder, allowlist_built_at
 from regionlock.v1 import device_check_pb2
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,7 @@ class Service:
     def _on_swap(self, snapshot: Snapshot) -> None:
         v = snapshot.versions
         self.metrics.serving(v.geo, v.allowlist, v.policy, snapshot.loaded_at, v.overrides_revision)
+        self.metrics.data_built(snapshot.geo_provenance.built_at, allowlist_built_at(snapshot.allowlist))
 
     def start(self, metrics_registry=None) -> None:
         """Start listening; checks answer UNAVAILABLE and health says NOT_SERVING until data loads."""

@@ -44,6 +44,8 @@ class Settings:
     grace_seconds: float = 10.0
     override_poll_seconds: float = 0.2
     demo_serials: int = 1_000_000
+    # older region data than this is reported (log, GetStatus): addresses move between regions; 0 never warns
+    geo_max_age_days: int = 35
     admin_tls_cert: Path | None = None
     admin_tls_key: Path | None = None
     admin_tls_client_ca: Path | None = None
@@ -132,6 +134,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"grace_seconds: expected a non-negative number, got {settings.grace_seconds}")
     if not 0.01 <= settings.override_poll_seconds <= 60:
         raise SettingsError(f"override_poll_seconds: expected 0.01 to 60, got {settings.override_poll_seconds}")
+    if not 0 <= settings.geo_max_age_days <= 3650:
+        raise SettingsError(f"geo_max_age_days: expected 0 (never warn) to 3650, got {settings.geo_max_age_days}")
     if settings.demo_serials < 1:
         raise SettingsError(f"demo_serials: expected a positive number, got {settings.demo_serials}")
     if settings.log_level.upper() not in _LOG_LEVELS:

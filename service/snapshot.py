@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import calendar
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from regionlock.core.allowlist import Allowlist
 from regionlock.core.errors import DataFileError
@@ -46,6 +48,74 @@ class Snapshot:
     @property
     def versions(self) -> DataVersions:
         return DataVersions(self.geo.build_id, self.allowlist.build_id, self.policy.version, self.overrides.revision)
+
+    @property
+    def geo_provenance(self) -> GeoProvenance:
+        return GeoProvenance.of(self.geo.info)
+
+
+def _epoch(value: Any) -> float | None:
+    """Seconds since the epoch of a header's RFC 3339 `build_time` (None if absent or malformed)."""
+    try:
+        return float(calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ")))
+    except (TypeError, ValueError):
+        return None
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
+class GeoSource:
+    """One source a region database was built from, as its header lists it."""
+
+    name: str
+    database_type: str  # a MaxMind DB's database_type ("GeoLite2-City"); "" for CSV
+    build_epoch: int | None  # a MaxMind DB's build_epoch; None for CSV, or a file compiled before it was recorded
+
+
+@dataclass(frozen=True, slots=True)
+class GeoProvenance:
+    """Where a region database's data comes from and how old it is."""
+
+    sources: tuple[GeoSource, ...]
+    built_at: float | None  # the oldest MaxMind DB source's build, else when the file was compiled
+    from_sources: bool  # False: built_at is the compile time (the sources carry none), the data may be older
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any]) -> GeoProvenance:
+        """From a region database's header metadata (`GeoDatabase.info`)."""
+        sources = tuple(
+            GeoSource(str(s.get("name", "")), str(s.get("database_type") or ""), _whole(s.get("build_epoch")))
+            for s in metadata.get("sources", ())
+            if isinstance(s, dict)
+        )
+        source_epoch = _whole(metadata.get("source_build_epoch"))
+        if source_epoch is not None:
+            return cls(sources, float(source_epoch), True)
+        return cls(sources, _epoch(metadata.get("build_time")), False)
+
+    def age_warning(self, now: float, max_age_days: int) -> str:
+        """Why the data is too old to trust ("" when it is not, or max_age_days is 0)."""
+        if max_age_days == 0:
+            return ""
+        if self.built_at is None:
+            return "the region database carries no build time: its age is unknown"
+        days = int((now - self.built_at) // 86400)
+        if days <= max_age_days:
+            return ""
+        built = time.strftime("%Y-%m-%d", time.gmtime(self.built_at))
+        what = f"its sources were built {built}" if self.from_sources else f"it was compiled {built} (sources older)"
+        return (
+            f"the region data is {days} days old, more than geo_max_age_days = {max_age_days} ({what}): addresses "
+            "move between regions, so serve current data (README, Production data)"
+        )
+
+
+def allowlist_built_at(allowlist: Allowlist) -> float | None:
+    """When the allowlist file was built (its sources, sales records, carry no time of their own)."""
+    return _epoch(allowlist.header.metadata.get("build_time"))
 
 
 def load_data(settings: Settings) -> tuple[GeoDatabase, Allowlist, Policy]:
@@ -111,6 +181,9 @@ class SnapshotHolder:
             policy.version,
             policy.mode,
         )
+        warning = snapshot.geo_provenance.age_warning(time.time(), settings.geo_max_age_days)
+        if warning:
+            log.warning("%s", warning)
         return snapshot
 
     def set_overrides(self, index: OverrideIndex) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from regionlock.core.fileformat import map_data_file, write_data_file
+from regionlock.core.geo import FORMAT_VERSION, MAGIC
 from regionlock.core.geo_build import build_geo_database, write_geo_csv
 
 
@@ -19,6 +21,23 @@ def build_geo_from_rows(tmp_path: Path, rows: Iterable[tuple[str, str, str | Non
     output = tmp_path / f"{name}.rlgeo"
     build_geo_database([source], output)
     return output
+
+
+def stamp_source_build(path: Path, build_epoch: int, database_type: str) -> Path:
+    """Re-write a built region database with the header keys the builder adds for MaxMind DB sources (top-level
+    `source_build_epoch`; `build_epoch` and `database_type` on each source), through the project's own writer:
+    the same payload under the new header, for tests of the data's age before the builder writes them."""
+    mapping, header = map_data_file(path, MAGIC, FORMAT_VERSION, verify=True)
+    try:
+        payload = bytes(mapping[header.payload_offset : header.payload_offset + header.payload_length])
+    finally:
+        mapping.close()
+    metadata = dict(header.metadata, source_build_epoch=build_epoch)
+    metadata["sources"] = [
+        dict(source, build_epoch=build_epoch, database_type=database_type) for source in metadata["sources"]
+    ]
+    write_data_file(path, MAGIC, FORMAT_VERSION, metadata, [payload])
+    return path
 
 
 @pytest.fixture

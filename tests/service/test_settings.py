@@ -29,6 +29,12 @@ def test_flag_over_environment_over_file_over_default(tmp_path):
     assert settings.metrics_addr == "127.0.0.1:9464"  # default
 
 
+def test_geo_max_age_days_default_and_sources(tmp_path):
+    assert Settings().geo_max_age_days == 35
+    assert load_settings({}, environ={"REGIONLOCK_GEO_MAX_AGE_DAYS": "0"}).geo_max_age_days == 0
+    assert load_settings({"geo_max_age_days": "90"}, environ={}).geo_max_age_days == 90
+
+
 def test_config_file_from_environment(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('log_level = "DEBUG"\n')
@@ -60,6 +66,8 @@ def test_explicit_data_path_disables_embedded_data():
         ({"max_streams": "0"}, {}, "max_streams"),
         ({}, {"REGIONLOCK_MAX_PENDING_CALLS": "10"}, "max_pending_calls"),
         ({"admin_tls_cert": "/nonexistent.pem"}, {}, "admin_tls_cert"),
+        ({"geo_max_age_days": "-1"}, {}, "geo_max_age_days"),
+        ({}, {"REGIONLOCK_GEO_MAX_AGE_DAYS": "monthly"}, "geo_max_age_days"),
         ({"no_such": "x"}, {}, "no_such"),
     ],
 )
