@@ -184,6 +184,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             reloads_ok=service.holder.reloads_ok,
             reloads_failed=service.holder.reloads_failed,
             overrides_staleness_seconds=service.refresher.staleness_seconds(),
+            last_reload_error=service.holder.last_error,
         )
         snapshot = service.holder.current
         if snapshot is not None:

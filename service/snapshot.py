@@ -149,6 +149,7 @@ class SnapshotHolder:
         self.current: Snapshot | None = None
         self.reloads_ok = 0
         self.reloads_failed = 0
+        self.last_error = ""  # why the last reload failed, until one succeeds (GetStatus shows it)
         self._overrides = OverrideIndex.empty()
         self._lock = threading.Lock()
         self._on_swap = on_swap
@@ -166,11 +167,13 @@ class SnapshotHolder:
         except FailedPrecondition as exc:
             with self._lock:
                 self.reloads_failed += 1
+                self.last_error = exc.message
             log.error("reload failed, the previous data keeps serving: %s", exc.message)
             raise
         with self._lock:
             snapshot = Snapshot(geo, allowlist, policy, self._overrides, time.time())
             self.reloads_ok += 1
+            self.last_error = ""
             self._swap(snapshot)
         log.info(
             "data loaded in %.2fs: geo %s, allowlist %s (%d serials), policy %s (%s mode)",

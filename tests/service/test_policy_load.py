@@ -45,13 +45,17 @@ def test_reload_refuses_a_rule_the_new_region_database_cant_match(running, world
     assert "allow_absent_regions = true" in details
     kept = _check(running, "EEA-0001", IP_CRIMEA)  # the old data keeps serving
     assert (kept.reason, kept.versions.geo) == (pb.REASON_REGION_RESTRICTED, before.versions.geo)
-    assert running.service.holder.reloads_failed == 1
+    status = apb_grpc.AdminServiceStub(running.admin).GetStatus(
+        apb.GetStatusRequest(), metadata=running.auth(), timeout=5
+    )
+    assert (status.reloads_failed, status.last_reload_error) == (1, details)
     # the rule's author accepts it explicitly: the policy loads, and Crimea is no longer told apart from Ukraine
     world.policy_path.write_text(
         policy_text().replace('id = "sanctions"', 'id = "sanctions"\nallow_absent_regions = true')
     )
     reloaded = _reload(running)
     assert reloaded.versions.geo != before.versions.geo
+    assert running.service.holder.last_error == ""
     after = _check(running, "EEA-0001", IP_CRIMEA)
     assert after.reason == pb.REASON_GRAY_IMPORT
 
