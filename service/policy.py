@@ -252,7 +252,7 @@ def require_markets_defined(policy: Policy, markets: Iterable[str], policy_name:
     undefined = undefined_markets(policy, markets)
     if undefined:
         raise PolicyError(
-            f"{policy_name}: markets: {', '.join(undefined)} of the allowlist {allowlist_name} not defined, so "
+            f"{policy_name}: markets: {', '.join(undefined)} (of the allowlist {allowlist_name}) not defined, so "
             "their devices would be gray imports everywhere; define each under [markets] (as an empty list, "
             "covering nowhere, if that is meant)"
         )

@@ -66,7 +66,7 @@ def test_reload_refuses_an_allowlist_market_the_policy_doesnt_define(running, wo
     with pytest.raises(grpc.RpcError) as info:
         _reload(running)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "markets: BR of the allowlist" in info.value.details()
+    assert "markets: BR (of the allowlist" in info.value.details()
     assert _check(running, "EEA-0001", IP_CRIMEA).versions.allowlist == before.versions.allowlist
     world.policy_path.write_text(policy_text().replace("[actions]", 'BR = ["BR"]\n[actions]'))
     assert _reload(running).versions.allowlist != before.versions.allowlist
@@ -79,7 +79,7 @@ def test_reload_refuses_an_allowlist_market_the_policy_doesnt_define(running, wo
             policy_text().replace('"CU", ', '"UK", '),
             "restricted[0].regions[0]: UK is not an ISO 3166 code: did you mean GB?",
         ),
-        ("\n".join(line for line in policy_text().splitlines() if not line.startswith("US =")), "markets: US of the"),
+        ("\n".join(line for line in policy_text().splitlines() if not line.startswith("US =")), "markets: US (of the"),
     ],
 )
 def test_load_data_names_the_problem(tmp_path, policy, named):
