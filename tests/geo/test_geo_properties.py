@@ -8,10 +8,12 @@ import tempfile
 from array import array
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from regionlock.core._geo_reference import ReferenceGeoDatabase
+from regionlock.core.errors import BuildError
 from regionlock.core.geo import GeoDatabase
 from regionlock.core.geo_build import build_geo_database, write_geo_csv
 
@@ -62,6 +64,10 @@ def test_compiled_database_agrees_with_reference(sources, seed):
         for index, source in enumerate(sources):
             paths.append(Path(directory) / f"source{index}.csv")
             write_geo_csv(paths[-1], source)
+        if not any(sources):
+            with pytest.raises(BuildError, match="no network with a region"):
+                build_geo_database(paths, Path(directory) / "db.rlgeo")
+            return
         build_geo_database(paths, Path(directory) / "db.rlgeo")
         db = GeoDatabase.open(Path(directory) / "db.rlgeo", verify=False)
         texts = probes(sources, seed)
