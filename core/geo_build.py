@@ -208,13 +208,20 @@ def read_csv(path: str | os.PathLike[str], region_id: Callable[[str, str | None]
 
 
 def write_geo_csv(path: str | os.PathLike[str], rows: Iterable[tuple[str, str, str | None]]) -> None:
-    """Write (network, country, subdivision or None) rows as a source CSV, atomically."""
+    """Write (network, country, subdivision or None) rows as a source CSV, atomically.
+
+    Networks written as inclusive ranges `first-last` (all of them, or none) make a range CSV.
+    """
+    rows = list(rows)
+    ranged = bool(rows) and "-" in rows[0][0]
     with atomic_output(path) as f:
         text = io.TextIOWrapper(f, encoding="utf-8", newline="")
         writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(CSV_HEADER)
+        writer.writerow(CSV_RANGE_HEADER if ranged else CSV_HEADER)
         for network, country, subdivision in rows:
-            writer.writerow((network, country, subdivision or ""))
+            if ("-" in network) != ranged:
+                raise ValueError("a CSV holds either networks or ranges")
+            writer.writerow((*network.split("-"), country, subdivision or ""))
         text.flush()
         text.detach()
 
