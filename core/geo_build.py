@@ -226,18 +226,18 @@ def write_geo_csv(path: str | os.PathLike[str], rows: Iterable[tuple[str, str, s
         text.detach()
 
 
-def _check_codes(name: str, total: int, invalid: int, examples: list[str]) -> dict[str, Any]:
+def _check_codes(name: str, total: int, invalid: int, examples: list[str], unit: str) -> dict[str, Any]:
     """Refuse a source with too many bad region codes; otherwise the `invalid_region_codes` entry (or none)."""
     if not invalid:
         return {}
     share = invalid / max(total, 1)
-    summary = f"{invalid:,} of {total:,} networks ({share:.2%}) carry a region code that is not ISO 3166"
+    summary = f"{invalid:,} of {total:,} {unit} ({share:.2%}) carry a region code that is not ISO 3166"
     if share > MAX_INVALID_FRACTION:
         raise BuildError(
             f"{name}: {summary}, more than the {MAX_INVALID_FRACTION:.1%} allowed; e.g. {'; '.join(examples)}"
         )
     log.warning("%s: %s (left without a region); e.g. %s", name, summary, "; ".join(examples))
-    return {"invalid_region_codes": {"networks": invalid, "examples": examples}}
+    return {"invalid_region_codes": {"count": invalid, "examples": examples}}
 
 
 def _mmdb_info(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -286,12 +286,16 @@ def build_geo_database(
             v4_arrays = (mm.v4_starts, mm.v4_prefixes, mm.v4_regions)
             v6_arrays = (mm.v6_high, mm.v6_low, mm.v6_prefixes, mm.v6_regions)
             kind = _mmdb_info(mm.metadata)
-            kind.update(_check_codes(name, len(mm.v4_starts) + len(mm.v6_high), mm.invalid, mm.invalid_examples))
+            total = len(mm.v4_starts) + len(mm.v6_high)
+            kind.update(_check_codes(name, total, mm.invalid, mm.invalid_examples, "networks"))
         else:
             step(f"reading CSV {name}")
             networks = read_csv(name, regions)
             v4_arrays, v6_arrays = networks.v4, networks.v6
-            kind = {"kind": "csv", **_check_codes(name, networks.rows, networks.invalid, networks.invalid_examples)}
+            kind = {
+                "kind": "csv",
+                **_check_codes(name, networks.rows, networks.invalid, networks.invalid_examples, "rows"),
+            }
         kinds.append(kind)
         counts["ipv4"] += len(v4_arrays[2]) - v4_arrays[2].count(0)
         counts["ipv6"] += len(v6_arrays[3]) - v6_arrays[3].count(0)

@@ -176,7 +176,7 @@ def _fields_seen(records: MMDBData, offsets: Iterable[int]) -> str:
     seen: dict[str, None] = {}
     for offset in itertools.islice(dict.fromkeys(offsets), _FIELDS_SAMPLE):
         seen.update(dict.fromkeys(records.keys(offset)))
-    return ", ".join(seen) or "none"
+    return ", ".join(seen) or "none (the records are not maps)"
 
 
 def read_mmdb(

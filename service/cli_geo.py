@@ -85,10 +85,11 @@ def _build(args: argparse.Namespace) -> int:
     except OSError as exc:
         exit_usage(_PROG, f"{exc.filename or args.output}: {exc.strerror or exc}")
     networks = header.metadata["networks"]
+    stale = header.metadata["regions_not_current_iso"]
     print(
         f"wrote {args.output}: {networks['ipv4']} IPv4 and {networks['ipv6']} IPv6 networks, "
-        f"{len(header.metadata['regions'])} regions, {os.path.getsize(args.output):,} bytes, "
-        f"build {header.build_id}"
+        f"{len(header.metadata['regions'])} regions ({stale} codes not in current ISO 3166), "
+        f"{os.path.getsize(args.output):,} bytes, build {header.build_id}"
     )
     return 0
 

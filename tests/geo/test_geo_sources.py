@@ -251,7 +251,7 @@ def test_bad_codes_under_the_threshold_are_counted_and_left_out(tmp_path):
     build_geo_database([tmp_path / "s.csv"], tmp_path / "s.rlgeo")
     db = GeoDatabase.open(tmp_path / "s.rlgeo")
     source = db.info["sources"][0]
-    assert source["invalid_region_codes"]["networks"] == len(bad)
+    assert source["invalid_region_codes"]["count"] == len(bad)
     examples = source["invalid_region_codes"]["examples"]
     for line, (_, _, message) in enumerate(bad, start=good + 2):
         assert any(f"s.csv:{line}: " in example and message in example for example in examples), (line, examples)
@@ -266,7 +266,7 @@ def test_bad_codes_over_the_threshold_fail_the_build(tmp_path, capsys):
     good = round(len(bad) / MAX_INVALID_FRACTION) - len(bad) - 1  # one network short of the threshold
     _rows_csv(tmp_path / "s.csv", good, bad)
     line = _cli_fails(capsys, ["geo", "build", str(tmp_path / "s.csv"), "-o", str(tmp_path / "s.rlgeo")])
-    assert f"{len(bad)} of {good + len(bad):,} networks" in line
+    assert f"{len(bad)} of {good + len(bad):,} rows" in line
     assert "more than the 0.1% allowed" in line and "country 'USA' is not two letters" in line
     assert not (tmp_path / "s.rlgeo").exists()
 
@@ -282,7 +282,7 @@ def test_bad_codes_in_maxmind_records_are_counted_per_network(tmp_path):
     build_geo_database([path], tmp_path / "eu.rlgeo")
     db = GeoDatabase.open(tmp_path / "eu.rlgeo")
     assert db.info["sources"][0]["invalid_region_codes"] == {
-        "networks": counted,
+        "count": counted,
         "examples": ["country 'EU' is not an ISO 3166-1 country"],
     }
     assert db.lookup("200.0.1.1") is None and db.lookup("0.0.16.1").country == "US"
