@@ -302,6 +302,8 @@ def build_geo_database(
         step(f"painting {len(v4_arrays[0])} IPv4 and {len(v6_arrays[0])} IPv6 networks")
         v4.paint(*v4_arrays)
         v6.paint(*v6_arrays)
+    if layout.country_field is not None and not any(kind["kind"] == "mmdb" for kind in kinds):
+        raise BuildError("record fields were named, but no source is a MaxMind DB")
     if not counts["ipv4"] and not counts["ipv6"]:
         raise BuildError("the sources hold no network with a region")
     step("compiling")

@@ -230,7 +230,10 @@ def read_mmdb(
         v6r = region_ids_for_offsets(v6o, resolve)
         if not len(v4o) and not len(v6o):
             raise BuildError("no networks in the search tree")
-        if not refused and not any(v4r) and not any(v6r):
+        if not any(v4r) and not any(v6r):
+            if refused:
+                examples = "; ".join(list(dict.fromkeys(refused.values()))[:5])
+                raise BuildError(f"no record holds an ISO 3166 region code; e.g. {examples}")
             raise BuildError(
                 f"no {layout.describe()} in any record; fields seen: {_fields_seen(records, itertools.chain(v4o, v6o))}"
                 " (geo build --country-field NAME reads a flat field)"

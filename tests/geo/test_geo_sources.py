@@ -179,6 +179,11 @@ def test_nested_named_fields_and_bad_field_names(tmp_path, capsys):
     for flags in (["--subdivision-field", "x"], ["--country-field", "a..b"]):
         line = _cli_fails(capsys, ["geo", "build", str(path), "-o", str(tmp_path / "x"), *flags])
         assert "field" in line
+    (tmp_path / "n.csv").write_text("network,country\n1.0.0.0/8,US\n")
+    line = _cli_fails(
+        capsys, ["geo", "build", str(tmp_path / "n.csv"), "-o", str(tmp_path / "x"), "--country-field", "cc"]
+    )
+    assert "record fields were named, but no source is a MaxMind DB" in line
 
 
 # --- CSV ranges ---------------------------------------------------------------------------------------------------
@@ -289,6 +294,12 @@ def test_bad_codes_in_maxmind_records_are_counted_per_network(tmp_path):
     write_mmdb(path, networks[:100] + networks[-3:], ip_version=4, record_size=24)
     with pytest.raises(BuildError, match=r"eu\.mmdb: 3 of \d+ networks .* country 'EU'"):
         build_geo_database([path], tmp_path / "eu.rlgeo")
+    # a few bad codes among records with no country at all: under the threshold, yet the source holds nothing
+    countryless = [(network, {"city": {"names": {"en": "x"}}}) for network, _ in networks]
+    write_mmdb(path, countryless[:-3] + networks[-3:], ip_version=4, record_size=24)
+    (tmp_path / "good.csv").write_text("network,country\n1.0.0.0/8,US\n")
+    with pytest.raises(BuildError, match=r"eu\.mmdb: no record holds an ISO 3166 region code; e.g. country 'EU'"):
+        build_geo_database([tmp_path / "good.csv", path], tmp_path / "eu.rlgeo")
 
 
 def test_header_names_the_sources_build_dates_and_types(tmp_path, capsys):
