@@ -236,7 +236,7 @@ def _check_codes(name: str, total: int, invalid: int, examples: list[str], unit:
         raise BuildError(
             f"{name}: {summary}, more than the {MAX_INVALID_FRACTION:.1%} allowed; e.g. {'; '.join(examples)}"
         )
-    log.warning("%s: %s (left without a region); e.g. %s", name, summary, "; ".join(examples))
+    log.warning("%s: %s (those codes left out); e.g. %s", name, summary, "; ".join(examples))
     return {"invalid_region_codes": {"count": invalid, "examples": examples}}
 
 
