@@ -26,38 +26,64 @@ def reference_address(ip: str | bytes | int) -> IPAddress:
     return address
 
 
+def _piece(value: int, first: int, last: int, bits: int) -> int:
+    """The prefix of the largest aligned block holding `value` that lies inside [first, last]."""
+    prefix = bits
+    while prefix > 0:
+        size = 1 << (bits - prefix + 1)
+        start = value & ~(size - 1)
+        if start < first or start + size - 1 > last:
+            break
+        prefix -= 1
+    return prefix
+
+
 class ReferenceGeoDatabase:
     """Sources are lists of (network, country, subdivision) rows, already normalized; later sources win.
 
+    A network is CIDR, or an inclusive range `first-last`, which holds an address with the largest aligned
+    block around it that the range contains (as the builder compiles a range: the CIDRs that cover it).
     An address takes the last source with a network holding it, and that source's longest such prefix;
     a prefix repeated within one source takes its last row.
     """
 
     def __init__(self, sources: Sequence[Iterable[Row]]) -> None:
-        self._sources: list[dict[tuple[int, int, int], tuple[str, str | None]]] = []
+        self._sources: list[dict[tuple[int, int, int], tuple[int, tuple[str, str | None]]]] = []
+        self._ranges: list[list[tuple[int, int, int, int, tuple[str, str | None]]]] = []
         self.regions: list[tuple[str, str | None]] = [("", None)]
         ids: dict[tuple[str, str | None], int] = {}
         for rows in sources:
-            table = {}
-            for network, country, subdivision in rows:
-                net = ipaddress.ip_network(network)
+            table, ranges = {}, []
+            for row, (network, country, subdivision) in enumerate(rows):
                 region = (country, subdivision or None)
                 if region not in ids:
                     ids[region] = len(self.regions)
                     self.regions.append(region)
-                table[(net.version, int(net.network_address), net.prefixlen)] = region
+                if "-" in network:
+                    first, last = (ipaddress.ip_address(end) for end in network.split("-"))
+                    ranges.append((first.version, int(first), int(last), row, region))
+                else:
+                    net = ipaddress.ip_network(network)
+                    table[(net.version, int(net.network_address), net.prefixlen)] = (row, region)
             self._sources.append(table)
+            self._ranges.append(ranges)
         self._ids = ids
 
     def lookup(self, ip: str | bytes | int) -> Region | None:
-        """The Region of an address, or None; by brute force over every prefix length."""
+        """The Region of an address, or None; by brute force over every prefix length and every range."""
         address = reference_address(ip)
         value, bits = int(address), address.max_prefixlen
-        for table in reversed(self._sources):
+        for table, ranges in zip(reversed(self._sources), reversed(self._ranges), strict=True):
+            pieces: dict[int, tuple[int, tuple[str, str | None]]] = {}
+            for version, first, last, row, region in ranges:
+                if version == address.version and first <= value <= last:
+                    prefix = _piece(value, first, last, bits)
+                    pieces[prefix] = max(pieces.get(prefix, (row, region)), (row, region))
             for prefix in range(bits, -1, -1):
                 start = value & ~((1 << (bits - prefix)) - 1)
-                region = table.get((address.version, start, prefix))
-                if region is not None:
+                found = [hit for hit in (table.get((address.version, start, prefix)), pieces.get(prefix)) if hit]
+                if found:
+                    region = max(found)[1]
                     kind = ipaddress.IPv4Network if address.version == 4 else ipaddress.IPv6Network
                     network = kind((start, prefix))
                     return Region(region[0], region[1], str(network))

@@ -15,3 +15,11 @@ class FormatVersionError(DataFileError):
 
 class BuildError(ValueError):
     """A source given to a builder can't be turned into a data file; the message names file and line."""
+
+
+class RegionCodeError(BuildError):
+    """A source's region code is not ISO 3166; the record keeps region id `fallback` (0: none, else its country)."""
+
+    def __init__(self, message: str, fallback: int = 0) -> None:
+        super().__init__(message)
+        self.fallback = fallback

@@ -23,6 +23,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import struct
 import tempfile
 import time
@@ -36,6 +37,9 @@ from regionlock.core.errors import CorruptFileError, FormatVersionError
 PREAMBLE = struct.Struct("<8sIIIIQQ32s")
 PAYLOAD_ALIGN = 4096
 MAX_METADATA_BYTES = 64 << 20
+MAX_METADATA_DEPTH = 32  # our headers nest 4 deep; json.loads would recurse as deep as any file says
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _HASH_CHUNK = 8 << 20
 
 
@@ -56,7 +60,7 @@ class FileHeader:
         return self.payload_sha256.hex()[:16]
 
 
-def source_info(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, str]]:
+def source_info(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
     """Name and SHA-256 of each source file, for a header's `sources` list."""
     sources = []
     for path in paths:
@@ -68,9 +72,18 @@ def source_info(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, str]]
     return sources
 
 
-def build_time() -> str:
-    """The current UTC time as an RFC 3339 string, for a header's `build_time`."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def build_time(epoch: float | None = None) -> str:
+    """A UTC time (by default now) as an RFC 3339 string, for a header's `build_time`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _json_depth(text: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, counted without parsing it (strings skipped)."""
+    depth = deepest = 0
+    for bracket in _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS):
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _payload_offset(metadata_json: bytes) -> int:
@@ -165,6 +178,8 @@ def parse_header(buf: Any, magic: bytes, version: int, name: str) -> FileHeader:
         raise CorruptFileError(f"{name}: corrupt: bad payload offset {offset}")
     if offset + length != size:
         raise CorruptFileError(f"{name}: truncated or corrupt: expected {offset + length} bytes, the file has {size}")
+    if _json_depth(metadata_json) > MAX_METADATA_DEPTH:
+        raise CorruptFileError(f"{name}: corrupt: metadata nested deeper than {MAX_METADATA_DEPTH}")
     try:
         metadata = json.loads(metadata_json)
     except (UnicodeDecodeError, ValueError) as exc:

@@ -19,6 +19,10 @@ class MMDBData:
     def __init__(self, data: Buffer) -> None: ...
     def region_fields(self, offset: int) -> tuple[str | None, bool, str | None, str | None]:
         """(country.iso_code, has country, registered_country.iso_code, subdivisions[0].iso_code)."""
+    def path_string(self, offset: int, path: tuple[bytes | int, ...]) -> str | None:
+        """The string at `path` (map keys as bytes, array indexes as ints) in the record at offset, or None."""
+    def keys(self, offset: int) -> list[str]:
+        """The keys of the map at offset; empty if the value is not a map."""
 
 class V4Painter:
     """DIR-24-8 tables painted network by network."""

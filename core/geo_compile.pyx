@@ -348,6 +348,42 @@ cdef class MMDBData:
         return country_iso, country != NOT_FOUND, registered_iso, subdivision_iso
 
 
+    def path_string(self, size_t offset, tuple path):
+        """The string at `path` (map keys as bytes, array indexes as ints) in the record at offset, or None."""
+        cdef size_t pos = offset, i, size
+        cdef int typ
+        cdef bytes key
+        for step in path:
+            if isinstance(step, int):
+                pos = self.resolve(pos, &typ, &size)
+                if typ != 11 or step >= size:
+                    return None
+                for i in range(<size_t>step):
+                    pos = self.skip(pos, 0)
+            else:
+                key = step
+                pos = self.map_get(pos, key, len(key))
+                if pos == NOT_FOUND:
+                    return None
+        return self.string_at(pos)
+
+    def keys(self, size_t offset):
+        """The keys of the map at offset (following a pointer); empty if the value is not a map."""
+        cdef int typ
+        cdef size_t size, i
+        cdef size_t pos = self.resolve(offset, &typ, &size)
+        found = []
+        if typ != 7:
+            return found
+        for i in range(size):
+            key = self.string_at(pos)
+            if key is None:
+                raise BuildError("corrupt data section: a map key is not a string")
+            found.append(key)
+            pos = self.skip(self.skip(pos, 0), 0)
+        return found
+
+
 def region_ids_for_offsets(const uint32_t[::1] offsets, resolve):
     """Map each data offset to a region id with `resolve(offset) -> int`, called once per distinct offset."""
     cdef Py_ssize_t i, n = offsets.shape[0]

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from regionlock.core.errors import BuildError
+from regionlock.core.errors import BuildError, RegionCodeError
 from regionlock.core.geo_compile import MMDBData, region_ids_for_offsets, walk_mmdb_tree
 
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
 _METADATA_SEARCH = 128 * 1024
+_FIELDS_SAMPLE = 1000  # distinct records whose keys are listed when a source yields no region
 
 
 def is_mmdb(path: str | os.PathLike[str]) -> bool:
@@ -24,14 +26,39 @@ def is_mmdb(path: str | os.PathLike[str]) -> bool:
         return METADATA_MARKER in f.read()
 
 
-def _decode(buf: bytes, pos: int, depth: int = 0) -> tuple[Any, int]:
-    """Decode one value of the metadata section (no pointers are allowed there); return it and the next pos."""
-    if depth > 32:
-        raise BuildError("metadata nested too deeply")
+_MAX_METADATA_DEPTH = 32  # real metadata nests 3 deep (description -> language -> text)
+_POINTER_BIAS = (0, 0, 2048, 526336, 0)  # by pointer size in bytes, as the spec adds them
+
+
+def _decode(buf: bytes, pos: int, depth: int = 0, pointed: bool = False) -> tuple[Any, int]:
+    """Decode one value of the metadata section; return it and the position after it.
+
+    Pointers are followed as maxminddb's reader follows them (relative to the start of the metadata section,
+    the start of `buf`); a pointer to a pointer is refused (the spec makes it illegal), and every pointer
+    followed counts as one level of nesting, so a pointer loop ends at the depth limit.
+    """
+    if depth > _MAX_METADATA_DEPTH:
+        raise BuildError(f"metadata nested deeper than {_MAX_METADATA_DEPTH}")
+    if pos >= len(buf):
+        raise BuildError("metadata truncated")
     ctrl = buf[pos]
     pos += 1
     kind = ctrl >> 5
+    if kind == 1:
+        if pointed:
+            raise BuildError("a pointer to a pointer in the metadata")
+        width = ((ctrl >> 3) & 3) + 1
+        raw = buf[pos : pos + width]
+        if len(raw) != width:
+            raise BuildError("metadata truncated")
+        target = int.from_bytes(raw, "big") + _POINTER_BIAS[width]
+        if width < 4:
+            target += (ctrl & 7) << (8 * width)
+        value, _ = _decode(buf, target, depth + 1, pointed=True)
+        return value, pos + width
     if kind == 0:
+        if pos >= len(buf):
+            raise BuildError("metadata truncated")
         kind = 7 + buf[pos]
         pos += 1
     size = ctrl & 0x1F
@@ -74,6 +101,32 @@ def _decode(buf: bytes, pos: int, depth: int = 0) -> tuple[Any, int]:
 
 
 @dataclass(frozen=True)
+class RecordLayout:
+    """Which fields of a record hold its region: GeoIP2's nested maps (the default), or named fields.
+
+    A named field is a path of map keys and array indexes joined by dots (`country_code`, `country`,
+    `location.country`, `subdivisions.0.iso_code`); its value must be a string.
+    """
+
+    country_field: str | None = None
+    subdivision_field: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.subdivision_field is not None and self.country_field is None:
+            raise BuildError("a subdivision field needs a country field")
+        for name in (self.country_field, self.subdivision_field):
+            if name is not None and not all(name.split(".")):
+                raise BuildError(f"bad field name {name!r}")
+
+    def describe(self) -> str:
+        return "country.iso_code or registered_country.iso_code" if self.country_field is None else self.country_field
+
+
+def _field_path(name: str) -> tuple[bytes | int, ...]:
+    return tuple(int(part) if part.isdigit() else part.encode() for part in name.split("."))
+
+
+@dataclass(frozen=True)
 class MMDBNetworks:
     """The networks of one MaxMind DB file with their region ids, as arrays for the painters."""
 
@@ -85,6 +138,8 @@ class MMDBNetworks:
     v6_prefixes: array
     v6_regions: array
     metadata: dict[str, Any]
+    invalid: int  # networks whose record carries a region code that is not ISO 3166
+    invalid_examples: list[str]
 
 
 def region_of_record(fields: tuple[str | None, bool, str | None, str | None]) -> tuple[str, str | None] | None:
@@ -101,8 +156,40 @@ def region_of_record(fields: tuple[str | None, bool, str | None, str | None]) ->
     return country, subdivision
 
 
-def read_mmdb(path: str | os.PathLike[str], region_id: Callable[[str, str | None], int]) -> MMDBNetworks:
-    """Walk a MaxMind DB's search tree; decode each distinct record once; map networks to region ids."""
+def _region_reader(records: MMDBData, layout: RecordLayout) -> Callable[[int], tuple[str, str | None] | None]:
+    if layout.country_field is None:
+        return lambda offset: region_of_record(records.region_fields(offset))
+    country_path = _field_path(layout.country_field)
+    subdivision_path = _field_path(layout.subdivision_field) if layout.subdivision_field else None
+
+    def region_of(offset: int) -> tuple[str, str | None] | None:
+        country = records.path_string(offset, country_path)
+        if not country:
+            return None
+        return country, records.path_string(offset, subdivision_path) if subdivision_path else None
+
+    return region_of
+
+
+def _fields_seen(records: MMDBData, offsets: Iterable[int]) -> str:
+    """The top-level keys of the first distinct records, in the order first seen."""
+    seen: dict[str, None] = {}
+    for offset in itertools.islice(dict.fromkeys(offsets), _FIELDS_SAMPLE):
+        seen.update(dict.fromkeys(records.keys(offset)))
+    return ", ".join(seen) or "none (the records are not maps)"
+
+
+def read_mmdb(
+    path: str | os.PathLike[str],
+    region_id: Callable[[str, str | None], int],
+    layout: RecordLayout = RecordLayout(),
+) -> MMDBNetworks:
+    """Walk a MaxMind DB's search tree; decode each distinct record once; map networks to region ids.
+
+    `region_id` raises RegionCodeError for a code that is not ISO 3166: such networks are counted (the
+    caller decides whether the source is usable). A source whose records hold no region at all is refused,
+    naming the fields its records have.
+    """
     name = os.fspath(path)
     with open(path, "rb") as f:
         content = f.read()  # a copy, not a mapping: no buffer exports to release, and fast for any real file
@@ -121,18 +208,38 @@ def read_mmdb(path: str | os.PathLike[str], region_id: Callable[[str, str | None
     data_start = tree_size + 16
     if data_start > marker or node_count <= 0:
         raise BuildError(f"{name}: truncated: the search tree runs past the metadata")
+    refused: dict[int, str] = {}
     try:
         v4s, v4p, v4o, v6h, v6l, v6p, v6o = walk_mmdb_tree(
             view[:tree_size], node_count, record_size, ip_version, marker - data_start
         )
         records = MMDBData(view[data_start:marker])
+        region_of = _region_reader(records, layout)
 
         def resolve(offset: int) -> int:
-            region = region_of_record(records.region_fields(offset))
-            return 0 if region is None else region_id(*region)
+            region = region_of(offset)
+            if region is None:
+                return 0
+            try:
+                return region_id(*region)
+            except RegionCodeError as exc:
+                refused[offset] = str(exc)
+                return exc.fallback
 
         v4r = region_ids_for_offsets(v4o, resolve)
         v6r = region_ids_for_offsets(v6o, resolve)
+        if not len(v4o) and not len(v6o):
+            raise BuildError("no networks in the search tree")
+        if not any(v4r) and not any(v6r):
+            if refused:
+                examples = "; ".join(list(dict.fromkeys(refused.values()))[:5])
+                raise BuildError(f"no record holds an ISO 3166 region code; e.g. {examples}")
+            raise BuildError(
+                f"no {layout.describe()} in any record; fields seen: {_fields_seen(records, itertools.chain(v4o, v6o))}"
+                " (geo build --country-field NAME reads a flat field)"
+            )
     except (BuildError, UnicodeDecodeError, OverflowError) as exc:
         raise BuildError(f"{name}: {exc}") from None
-    return MMDBNetworks(v4s, v4p, v4r, v6h, v6l, v6p, v6r, metadata)
+    invalid = sum(offset in refused for offset in itertools.chain(v4o, v6o)) if refused else 0
+    examples = list(dict.fromkeys(refused.values()))[:5]
+    return MMDBNetworks(v4s, v4p, v4r, v6h, v6l, v6p, v6r, metadata, invalid, examples)

@@ -109,6 +109,8 @@ class TokenStore:
             entries = [_entry(item) for item in data["tokens"]]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TokenFileError(f"token file {path}: {exc}") from None
+        except RecursionError:  # json.loads recurses once per level of nesting
+            raise TokenFileError(f"token file {path}: nested too deeply") from None
         names = [entry.name for entry in entries]
         if len(set(names)) != len(names) or len({e.token_id for e in entries}) != len(entries):
             raise TokenFileError(f"token file {path}: duplicate token names or ids")

@@ -22,10 +22,22 @@ def register(subparsers: Any) -> None:
 
     build = sub.add_parser(
         "build",
-        help="compile MaxMind DB and CSV (network,country,subdivision) sources; later sources override",
+        help="compile MaxMind DB and CSV (network,country,subdivision or start,end,country,subdivision) sources; "
+        "later sources override",
     )
     build.add_argument("sources", nargs="+", metavar="SOURCE")
     build.add_argument("-o", "--output", required=True, metavar="OUT")
+    build.add_argument(
+        "--country-field",
+        metavar="FIELD",
+        help="read the country of MaxMind DB records from this field (a string; dots for nested fields, "
+        "e.g. country_code) instead of GeoIP2's country.iso_code",
+    )
+    build.add_argument(
+        "--subdivision-field",
+        metavar="FIELD",
+        help="with --country-field: read the subdivision (full UA-43 or bare 43) from this field",
+    )
     build.set_defaults(func=_build)
 
     lookup = sub.add_parser("lookup", help="print the region of each address as JSON lines")
@@ -63,18 +75,21 @@ def _open(path: str) -> Any:
 
 def _build(args: argparse.Namespace) -> int:
     from regionlock.core.geo_build import build_geo_database
+    from regionlock.core.geo_mmdb import RecordLayout
 
     try:
-        header = build_geo_database(args.sources, args.output, progress=_TtyProgress())
+        layout = RecordLayout(args.country_field, args.subdivision_field)
+        header = build_geo_database(args.sources, args.output, progress=_TtyProgress(), layout=layout)
     except BuildError as exc:
         exit_usage(_PROG, str(exc))
     except OSError as exc:
         exit_usage(_PROG, f"{exc.filename or args.output}: {exc.strerror or exc}")
     networks = header.metadata["networks"]
+    stale = header.metadata["regions_not_current_iso"]
     print(
         f"wrote {args.output}: {networks['ipv4']} IPv4 and {networks['ipv6']} IPv6 networks, "
-        f"{len(header.metadata['regions'])} regions, {os.path.getsize(args.output):,} bytes, "
-        f"build {header.build_id}"
+        f"{len(header.metadata['regions'])} regions ({stale} codes not in current ISO 3166), "
+        f"{os.path.getsize(args.output):,} bytes, build {header.build_id}"
     )
     return 0
 

@@ -269,6 +269,8 @@ def parse_policy(text: str, source: str = "policy", data: DataRegions | None = N
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per level of nesting
+        raise PolicyError(f"{source}: not valid TOML: nested too deeply") from None
     try:
         return _build(raw, hashlib.sha256(text.encode()).hexdigest()[:16], data)
     except PolicyError as exc:

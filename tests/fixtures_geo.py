@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,6 +11,20 @@ import pytest
 from regionlock.core.fileformat import map_data_file, write_data_file
 from regionlock.core.geo import FORMAT_VERSION, MAGIC
 from regionlock.core.geo_build import build_geo_database, write_geo_csv
+
+
+def write_nested_header(path: Path, magic: bytes, version: int, depth: int = 3000) -> Path:
+    """A data file of the given kind, written by the project's writer, whose metadata JSON nests `depth` deep."""
+    nested: dict = {}
+    for _ in range(depth):
+        nested = {"k": nested}
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 2 * depth)  # json.dumps recurses once per level, as json.loads would
+    try:
+        write_data_file(path, magic, version, {"deep": nested}, [b""])
+    finally:
+        sys.setrecursionlimit(limit)
+    return path
 
 
 def build_geo_from_rows(tmp_path: Path, rows: Iterable[tuple[str, str, str | None]], name: str = "geo") -> Path:

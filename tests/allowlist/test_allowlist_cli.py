@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 
 from regionlock.core import Allowlist
+from regionlock.core._allowlist_reference import FORMAT_VERSION as ALLOWLIST_VERSION
+from regionlock.core._allowlist_reference import MAGIC as ALLOWLIST_MAGIC
 from regionlock.core.allowlist_demo import DEMO_MARKETS, demo_csv_rows
 from regionlock.service.cli_allowlist import register
+
+from fixtures_geo import write_nested_header
 
 
 def run(*argv: str) -> int:
@@ -47,6 +51,7 @@ def test_build_lookup_info(tmp_path: Path, write_csv, capsys: pytest.CaptureFixt
         (["lookup", "{csv}", "X"], "shorter than the header"),
         (["lookup", "{tmp}/missing.rl", "X"], "No such file"),
         (["info", "{csv}"], "shorter than the header"),
+        (["info", "{deep}"], "deep.rl: corrupt: metadata nested deeper than 32"),
         (["lookup", "{good}", "no spaces"], "serial must be"),
         (["demo", "-n", "-5", "-o", "{out}"], "demo size must be"),
     ],
@@ -60,6 +65,7 @@ def test_bad_input_prints_one_line_and_exits_2(
         "out": tmp_path / "out.rl",
         "good": tmp_path / "good.rl",
         "tmp": tmp_path,
+        "deep": write_nested_header(tmp_path / "deep.rl", ALLOWLIST_MAGIC, ALLOWLIST_VERSION),
     }
     run("allowlist", "build", str(paths["csv"]), "-o", str(paths["good"]))
     capsys.readouterr()

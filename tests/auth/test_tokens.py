@@ -125,6 +125,7 @@ def test_roles_cover_every_admin_method_and_viewers_only_read(tokens_path):
         "[]",
         '{"format": "other", "version": 1, "tokens": []}',
         '{"format": "regionlock-tokens", "version": 1, "tokens": [{"name": "a"}]}',
+        "[" * 3000 + "]" * 3000,  # deeper than json.loads can recurse
     ],
 )
 def test_a_malformed_token_file_is_a_clear_error(tokens_path, content):

@@ -14,7 +14,7 @@ from regionlock.core.geo_build import build_geo_database, write_geo_csv
 sys.path.insert(0, str(Path(__file__).parent))  # for mmdb_writer, the test helper beside this file
 
 BASE_ROWS = [
-    ("0.0.0.0/0", "ZZ", None),
+    ("0.0.0.0/0", "AQ", None),
     ("5.0.0.0/8", "DE", "DE-BE"),
     ("5.2.0.0/16", "UA", "UA-43"),
     ("5.2.3.0/24", "UA", "UA-40"),

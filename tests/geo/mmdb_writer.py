@@ -43,6 +43,14 @@ def encode(value: Any) -> bytes:
     raise TypeError(type(value))
 
 
+def pointer(target: int, width: int | None = None) -> bytes:
+    """A pointer to `target` (in the metadata: an offset from its start), `width` bytes long (the least)."""
+    width = width or next(w for w, end in ((1, 2048), (2, 526336), (3, 526336 + 2**27), (4, 2**32)) if target < end)
+    value = target - (0, 0, 2048, 526336, 0)[width]
+    top = 0 if width == 4 else value >> (8 * width)
+    return bytes([0x20 | ((width - 1) << 3) | top]) + (value & (2 ** (8 * min(width, 4)) - 1)).to_bytes(width, "big")
+
+
 def _typed(kind: int, value: int, width: int) -> bytes:
     raw = value.to_bytes(width, "big").lstrip(b"\0")
     return _control(kind, len(raw)) + raw
@@ -54,8 +62,14 @@ def write_mmdb(
     ip_version: int = 6,
     record_size: int = 28,
     ipv4_aliases: bool = True,
+    extra_metadata: list[tuple[str, bytes]] = (),
 ) -> None:
-    """Write networks (CIDR, record) as a MaxMind DB; later networks are inserted deeper into earlier ones."""
+    """Write networks (CIDR, record) as a MaxMind DB; later networks are inserted deeper into earlier ones.
+
+    The metadata refers to repeated strings by pointer, as MaxMind's writer does (`languages` points into
+    `description`). `extra_metadata` (key, raw encoded value) pairs come first in its map, so the first
+    value starts at offset 1 + len(encode(key)) of the metadata section.
+    """
     bits = 128 if ip_version == 6 else 32
     nodes: list[list[Any]] = [[None, None]]
     data = bytearray()
@@ -124,9 +138,9 @@ def write_mmdb(
             tree += a.to_bytes(4, "big")[1:] + bytes([((a >> 24) << 4) | (b >> 24)]) + b.to_bytes(4, "big")[1:]
         else:
             tree += a.to_bytes(4, "big") + b.to_bytes(4, "big")
-    metadata = (
-        _control(7, 9)
-        + encode("binary_format_major_version")
+    metadata = _control(7, 9 + len(extra_metadata)) + b"".join(encode(key) + raw for key, raw in extra_metadata)
+    metadata += (
+        encode("binary_format_major_version")
         + _typed(5, 2, 2)
         + encode("binary_format_minor_version")
         + _typed(5, 0, 2)
@@ -135,11 +149,17 @@ def write_mmdb(
         + encode("database_type")
         + encode("Test-City")
         + encode("description")
-        + encode({"en": "test"})
+        + _control(7, 1)
+    )
+    language = len(metadata)  # where the string "en" is, for the pointer of `languages`
+    metadata += (
+        encode("en")
+        + encode("test")
         + encode("ip_version")
         + _typed(5, ip_version, 2)
         + encode("languages")
-        + encode(["en"])
+        + _control(11, 1)
+        + pointer(language)
         + encode("node_count")
         + _typed(6, count, 4)
         + encode("record_size")

@@ -63,7 +63,7 @@ RECORDS = [
     {"registered_country": {"iso_code": "DE"}},  # no country: falls back to the registered country
     {"continent": {"code": "EU"}},  # no country at all: in no region
     {"country": {"names": {"en": "?"}}, "registered_country": {"iso_code": "FR"}},  # country without iso_code
-    {"country": {"iso_code": "X" * 40}, "traits": {"is_anonymous_proxy": True, "n": 2**40}},  # long strings
+    {"country": {"names": {"en": "X" * 40}, "iso_code": "CU"}, "traits": {"is_anonymous_proxy": True, "n": 2**40}},
 ]
 
 

@@ -187,3 +187,20 @@ def test_bad_region_tables_are_refused(tmp_path, regions):
     )
     with pytest.raises(CorruptFileError, match="region table"):
         GeoDatabase.open(path, verify=False)
+
+
+def test_deeply_nested_metadata_is_refused(tmp_path, capsys):
+    from regionlock.service.cli import main
+
+    from fixtures_geo import write_nested_header
+
+    path = write_nested_header(tmp_path / "deep.rlgeo", MAGIC, FORMAT_VERSION)
+    for verify in (True, False):
+        with pytest.raises(CorruptFileError, match=r"deep\.rlgeo: corrupt: metadata nested deeper than 32"):
+            GeoDatabase.open(path, verify=verify)
+    for command in (["geo", "info", str(path)], ["geo", "lookup", str(path), "1.2.3.4"]):
+        with pytest.raises(SystemExit) as info:
+            main(command)
+        captured = capsys.readouterr()
+        assert info.value.code == 2 and captured.out == ""
+        assert captured.err.count("\n") == 1 and "deep.rlgeo: corrupt: metadata nested deeper than 32" in captured.err

@@ -13,6 +13,7 @@ import random
 from array import array
 
 import maxminddb
+import pycountry
 import pytest
 
 from regionlock.core.geo import GeoDatabase
@@ -168,3 +169,28 @@ def test_crimea_sevastopol_and_kyiv(oracle, code, minimum):
         region = db.lookup(ip)
         assert (region.country, region.subdivision) == ("UA", code)
         assert db.lookup(f"::ffff:{ip}") == region
+
+
+def test_codes_not_in_current_iso_are_kept_and_counted(oracle, geolite2_mmdb_path):
+    """The 2018 file carries subdivision codes ISO 3166-2 has since withdrawn, and XK: kept (the tests above
+    check every network against maxminddb), and counted in the header, as maxminddb and pycountry say."""
+    db, reader, _ = oracle
+    v4s, _, v4o, hi, lo, _, v6o = _walk(geolite2_mmdb_path)
+    one_address: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}  # per distinct record
+    for start, offset in zip(v4s, v4o, strict=True):
+        one_address.setdefault(offset, ipaddress.IPv4Address(start))
+    for high, low, offset in zip(hi, lo, v6o, strict=True):
+        one_address.setdefault(offset, ipaddress.IPv6Address((high << 64) | low))
+    codes = set()
+    for address in one_address.values():
+        region = expected_region(reader.get(address))
+        if region is not None:
+            codes.update(code for code in region if code)
+    current = {c.alpha_2 for c in pycountry.countries} | {s.code for s in pycountry.subdivisions}
+    stale = sorted(codes - current)
+    assert "XK" in stale and "FR-COR" in stale and len(stale) > 100
+    assert db.info["regions_not_current_iso"] == len(stale)
+    assert db.info["regions_not_current_iso_examples"] == stale[:5]
+    assert db.info["sources"][0]["database_type"] == reader.metadata().database_type == "GeoLite2-City"
+    assert db.info["source_build_epoch"] == db.info["sources"][0]["build_epoch"] == reader.metadata().build_epoch
+    assert "invalid_region_codes" not in db.info["sources"][0]

@@ -8,10 +8,12 @@ import tempfile
 from array import array
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from regionlock.core._geo_reference import ReferenceGeoDatabase
+from regionlock.core.errors import BuildError
 from regionlock.core.geo import GeoDatabase
 from regionlock.core.geo_build import build_geo_database, write_geo_csv
 
@@ -32,7 +34,22 @@ def networks(draw) -> str:
     return str(ipaddress.IPv6Network((base, prefix), strict=False))
 
 
-rows = st.lists(st.tuples(networks(), st.sampled_from(REGIONS)).map(lambda t: (t[0], *t[1])), max_size=12)
+@st.composite
+def ranges(draw) -> str:
+    """An inclusive range `first-last`, short or long, often starting at a base."""
+    bits, bases, kind = draw(
+        st.sampled_from([(32, V4_BASES, ipaddress.IPv4Address), (128, V6_BASES, ipaddress.IPv6Address)])
+    )
+    first = draw(st.sampled_from(bases) | st.integers(0, 2**bits - 1))
+    last = min(first + draw(st.integers(0, 600) | st.integers(0, 2**bits - 1)), 2**bits - 1)
+    return f"{kind(first)}-{kind(last)}"
+
+
+def _rows(network: st.SearchStrategy[str], size: int) -> st.SearchStrategy[list[tuple[str, str, str | None]]]:
+    return st.lists(st.tuples(network, st.sampled_from(REGIONS)).map(lambda t: (t[0], *t[1])), max_size=size)
+
+
+rows = _rows(networks(), 12) | _rows(ranges(), 6)  # a CSV holds networks or ranges
 
 
 def probes(sources: list[list[tuple[str, str, str | None]]], seed: int) -> list[str]:
@@ -41,11 +58,15 @@ def probes(sources: list[list[tuple[str, str, str | None]]], seed: int) -> list[
     found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for source in sources:
         for network, _, _ in source:
-            net = ipaddress.ip_network(network)
-            first, last = int(net.network_address), int(net.broadcast_address)
-            top = 2**net.max_prefixlen - 1
+            if "-" in network:
+                ends = [ipaddress.ip_address(end) for end in network.split("-")]
+            else:
+                net = ipaddress.ip_network(network)
+                ends = [net.network_address, net.broadcast_address]
+            first, last = int(ends[0]), int(ends[-1])
+            top = 2 ** ends[0].max_prefixlen - 1
             for value in (first, last, rng.randint(first, last), max(first - 1, 0), min(last + 1, top)):
-                found.append(ipaddress.IPv6Address(value) if net.version == 6 else ipaddress.IPv4Address(value))
+                found.append(ipaddress.IPv6Address(value) if ends[0].version == 6 else ipaddress.IPv4Address(value))
     found += [ipaddress.IPv4Address(rng.getrandbits(32)) for _ in range(20)]
     found += [ipaddress.IPv6Address(rng.getrandbits(128)) for _ in range(20)]
     texts = [str(a) for a in found]
@@ -62,6 +83,10 @@ def test_compiled_database_agrees_with_reference(sources, seed):
         for index, source in enumerate(sources):
             paths.append(Path(directory) / f"source{index}.csv")
             write_geo_csv(paths[-1], source)
+        if not any(sources):
+            with pytest.raises(BuildError, match="no network with a region"):
+                build_geo_database(paths, Path(directory) / "db.rlgeo")
+            return
         build_geo_database(paths, Path(directory) / "db.rlgeo")
         db = GeoDatabase.open(Path(directory) / "db.rlgeo", verify=False)
         texts = probes(sources, seed)

@@ -203,3 +203,26 @@ def test_status_and_reload(running, world, tmp_path):
     assert (after.reloads_ok, after.reloads_failed) == (2, 1)
     assert after.versions.policy == status.versions.policy
     assert _check(running, "EEA-0001").reason == pb.REASON_REGION_RESTRICTED
+
+
+def test_reload_of_a_deeply_nested_header_is_refused_and_counted(running, world, tmp_path):
+    import os
+    import urllib.request
+
+    from regionlock.core.geo import FORMAT_VERSION, MAGIC
+
+    from fixtures_geo import write_nested_header
+
+    admin = _admin(running)
+    before = admin.GetStatus(apb.GetStatusRequest(), metadata=running.auth(), timeout=5)
+    os.replace(write_nested_header(tmp_path / "deep.rlgeo", MAGIC, FORMAT_VERSION), world.geo_path)
+    with pytest.raises(grpc.RpcError) as info:
+        admin.ReloadData(apb.ReloadDataRequest(), metadata=running.auth(), timeout=30)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "metadata nested deeper than 32" in info.value.details()
+    after = admin.GetStatus(apb.GetStatusRequest(), metadata=running.auth(), timeout=5)
+    assert (after.reloads_ok, after.reloads_failed) == (before.reloads_ok, before.reloads_failed + 1)
+    assert after.versions.geo == before.versions.geo
+    with urllib.request.urlopen(f"http://127.0.0.1:{running.service.metrics_port}/metrics", timeout=5) as reply:
+        assert 'regionlock_reloads_total{result="failed"} 1.0' in reply.read().decode()
+    assert _check(running, "EEA-0001").reason == pb.REASON_REGION_RESTRICTED  # the old data keeps serving

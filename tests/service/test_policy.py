@@ -117,6 +117,8 @@ def test_errors_name_the_key(text, key):
 def test_not_toml():
     with pytest.raises(PolicyError, match="not valid TOML"):
         parse_policy("mode = ", "p.toml")
+    with pytest.raises(PolicyError, match=r"p\.toml: not valid TOML: nested too deeply"):
+        parse_policy("mode = " + "[" * 3000 + "]" * 3000, "p.toml")
 
 
 def test_load_policy_from_file(tmp_path):
