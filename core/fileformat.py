@@ -13,7 +13,11 @@ Layout of a data file (all integers little-endian):
     40      32    SHA-256 of the payload
     72      ...   metadata: UTF-8 JSON object (build time, sources, counts, tables)
     ...           zero padding up to the payload offset
-    offset  len   payload: the lookup structure itself, used in place through mmap
+    offset  len   payload: the lookup structure itself, used as it lies in memory
+
+A reader never serves the file's own pages: load_data_file reads the file once into private anonymous
+memory and validates (and verifies) that copy, so that a file truncated or overwritten in place under a
+running server can neither crash it (SIGBUS on a shared file mapping) nor change what was verified.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ PREAMBLE = struct.Struct("<8sIIIIQQ32s")
 PAYLOAD_ALIGN = 4096
 MAX_METADATA_BYTES = 64 << 20
 _HASH_CHUNK = 8 << 20
+_READ_CHUNK = 64 << 20  # per read(): few system calls, and Linux reads at most 2 GiB at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,21 +193,44 @@ def verify_payload(buf: Any, header: FileHeader, name: str) -> None:
         raise CorruptFileError(f"{name}: corrupt: payload checksum mismatch")
 
 
-def map_data_file(
+def load_data_file(
     path: str | os.PathLike[str], magic: bytes, version: int, verify: bool
 ) -> tuple[mmap.mmap, FileHeader]:
-    """Open and map a data file read-only and validate its header (and, with `verify`, its payload)."""
+    """Read a data file once into private anonymous memory and validate the copy's header (and, with `verify`,
+    its payload); the caller serves exactly that copy, never the file's pages.
+
+    The copy is a MAP_PRIVATE anonymous mapping: page-aligned like a file mapping (the payload's tables keep
+    their alignment), its pages never written after the load, so processes forked after it share them.
+    """
     name = os.fspath(path)
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise CorruptFileError(f"{name}: truncated: the file is empty")
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        copy = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            _read_exactly(f, copy, name)
+            header = parse_header(copy, magic, version, name)
+            if verify:
+                verify_payload(copy, header, name)
+        except BaseException:
+            copy.close()
+            raise
+    return copy, header
+
+
+def _read_exactly(f: BinaryIO, copy: mmap.mmap, name: str) -> None:
+    """Fill `copy` from `f`, which must end exactly there: a file that shrinks or grows while it is read (being
+    rewritten in place) is refused rather than half old and half new."""
+    view = memoryview(copy)
     try:
-        header = parse_header(mapping, magic, version, name)
-        if verify:
-            verify_payload(mapping, header, name)
-    except BaseException:
-        mapping.close()
-        raise
-    return mapping, header
+        pos, size = 0, len(copy)
+        while pos < size:
+            n = f.readinto(view[pos : min(pos + _READ_CHUNK, size)])
+            if not n:
+                raise CorruptFileError(f"{name}: truncated while being read ({pos} of {size} bytes)")
+            pos += n
+    finally:
+        view.release()
+    if f.read(1):
+        raise CorruptFileError(f"{name}: the file grew while being read; replace data files by rename")

@@ -60,6 +60,22 @@ def test_good_file_opens(good):
     assert db.lookup("5.2.3.200").country == "RU"
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_open_serves_a_private_copy(tmp_path, good, verify):
+    """Opened, the database no longer reads its file: zeros written over it in place change no answer."""
+    path = tmp_path / "c.rlgeo"
+    shutil.copyfile(good, path)
+    db = GeoDatabase.open(path, verify=verify)
+    probes = ["5.2.3.200", "5.2.3.1", "5.9.9.9", "2001:db8:1::1", "2001:db8:2::1", "9.9.9.9"]
+    before = db.lookup_many(probes)
+    assert sum(r is not None for r in before) == 5
+    with open(path, "r+b") as f:
+        f.write(bytes(os.path.getsize(path)))
+    assert db.lookup_many(probes) == before
+    ids = [0 if r is None else db.regions.index((r.country, r.subdivision)) for r in before]
+    assert list(db.region_ids(probes)) == ids
+
+
 def test_wrong_magic_and_version_are_refused(tmp_path, good):
     data = bytearray(good.read_bytes())
     data[8:12] = struct.pack("<I", FORMAT_VERSION + 1)
