@@ -1,7 +1,7 @@
 """Multi-process serving: a supervisor forks DeviceCheck workers sharing one port and one Admin process.
 
 The supervisor never creates gRPC objects, so forking it is safe at any time, also to restart a worker
-that died. Each worker maps the same data files (one copy in the page cache) and keeps its own override
+that died. Each worker loads its own verified copy of the data files and keeps its own override
 index caught up with the shared store by polling; the Admin process also serves the metrics of all
 processes (prometheus-client's multiprocess mode).
 """
