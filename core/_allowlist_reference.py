@@ -29,7 +29,7 @@ import struct
 from typing import Any
 
 from regionlock.core.errors import CorruptFileError
-from regionlock.core.fileformat import FileHeader, map_data_file
+from regionlock.core.fileformat import FileHeader, load_data_file
 from regionlock.core.serials import MARKET_MAX_LENGTH, SERIAL_MAX_LENGTH, normalize_market, normalize_serial
 
 MAGIC = b"RLALLOW\0"
@@ -178,7 +178,7 @@ def decode_records(records: bytes | memoryview, markets: list[str], name: str) -
 
 def bucket_contents(path: str | os.PathLike[str]) -> list[list[tuple[str, str]]]:
     """The records of each bucket, walking the directory as the compiled reader does: for layout tests."""
-    mapping, header = map_data_file(path, MAGIC, FORMAT_VERSION, True)
+    mapping, header = load_data_file(path, MAGIC, FORMAT_VERSION, True)
     try:
         layout = check_layout(header, os.fspath(path))
         payload = bytes(mapping[header.payload_offset :])
@@ -211,7 +211,7 @@ class Allowlist:
     def open(cls, path: str | os.PathLike[str], verify: bool = True) -> Allowlist:
         """Read the whole file (O(n)): for tests only."""
         name = os.fspath(path)
-        mapping, header = map_data_file(path, MAGIC, FORMAT_VERSION, verify)
+        mapping, header = load_data_file(path, MAGIC, FORMAT_VERSION, verify)
         try:
             layout = check_layout(header, name)
             off, length = layout["records"]

@@ -10,7 +10,7 @@ from regionlock.core.fileformat import FileHeader
 REC_SIZE: int
 
 class Allowlist:
-    """A read-only allowlist file mapped into memory: serial -> market."""
+    """A read-only allowlist, its file read once into private memory: serial -> market."""
 
     path: str
     @classmethod

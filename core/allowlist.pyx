@@ -1,4 +1,4 @@
-"""The serial allowlist: a memory-mapped bucketed hash index of packed serials, and the builder's C kernels."""
+"""The serial allowlist: a bucketed hash index of packed serials (served from a private copy of its file), and the builder's C kernels."""
 
 from cpython.list cimport PyList_GET_ITEM
 from cpython.unicode cimport PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_GET_LENGTH, PyUnicode_KIND
@@ -13,7 +13,7 @@ import os
 
 from regionlock.core import _allowlist_reference as _ref
 from regionlock.core.errors import CorruptFileError
-from regionlock.core.fileformat import map_data_file
+from regionlock.core.fileformat import load_data_file
 from regionlock.core.serials import normalize_serial
 
 cdef extern from *:
@@ -143,7 +143,7 @@ def _check_codec(str serial):
 
 
 cdef class Allowlist:
-    """A read-only allowlist file mapped into memory: serial -> market.
+    """A read-only allowlist, its file read once into private memory: serial -> market.
 
     get() and get_many() normalize like regionlock.core.serials.normalize_serial and raise its ValueError
     for an invalid serial; a damaged file found during a lookup raises CorruptFileError; nothing crashes.
@@ -183,10 +183,11 @@ cdef class Allowlist:
 
     @classmethod
     def open(cls, path, verify=True):
-        """Map an allowlist file; check its header and layout (constant time) and, with verify, its payload."""
+        """Read an allowlist file into private memory (load_data_file); check its header and layout and, with
+        verify, its payload."""
         cdef Allowlist self = cls.__new__(cls)
         name = os.fspath(path)
-        mapping, header = map_data_file(path, _ref.MAGIC, _ref.FORMAT_VERSION, bool(verify))
+        mapping, header = load_data_file(path, _ref.MAGIC, _ref.FORMAT_VERSION, bool(verify))
         try:
             layout = _ref.check_layout(header, name)
         except BaseException:

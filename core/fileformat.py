@@ -13,12 +13,18 @@ Layout of a data file (all integers little-endian):
     40      32    SHA-256 of the payload
     72      ...   metadata: UTF-8 JSON object (build time, sources, counts, tables)
     ...           zero padding up to the payload offset
-    offset  len   payload: the lookup structure itself, used in place through mmap
+    offset  len   payload: the lookup structure itself, used as it lies in memory
+
+A reader never serves the file's own pages: load_data_file reads the file once into memory of its own and
+validates (and verifies) that copy, so that a file truncated or overwritten in place under a running server
+can neither crash it (SIGBUS on a shared file mapping) nor change what was verified. Processes that share
+their loads (share_loaded_files) keep one copy of each content among them, in a sealed memfd.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import mmap
@@ -27,8 +33,9 @@ import re
 import struct
 import tempfile
 import time
+import weakref
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -41,6 +48,10 @@ MAX_METADATA_DEPTH = 32  # our headers nest 4 deep; json.loads would recurse as 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _HASH_CHUNK = 8 << 20
+_READ_CHUNK = 64 << 20  # per read(): few system calls, and Linux reads at most 2 GiB at once
+# a shared copy can't be written, shrunk or grown by anyone, nor its seals changed
+_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+_share_dir: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,21 +214,137 @@ def verify_payload(buf: Any, header: FileHeader, name: str) -> None:
         raise CorruptFileError(f"{name}: corrupt: payload checksum mismatch")
 
 
-def map_data_file(
+def share_loaded_files(directory: str | os.PathLike[str] | None) -> None:
+    """Let the processes that load data files from now on (this one and those it forks) share one copy of each
+    content: the first to load it reads it into a sealed memfd and names it in `directory`; the others map
+    that memfd, checked as they would check a copy of their own. None: each process loads a private copy.
+
+    For the workers of one server: N workers would otherwise hold N copies of the same files.
+    """
+    global _share_dir
+    _share_dir = None if directory is None or not hasattr(os, "memfd_create") else os.fspath(directory)
+
+
+def load_data_file(
     path: str | os.PathLike[str], magic: bytes, version: int, verify: bool
 ) -> tuple[mmap.mmap, FileHeader]:
-    """Open and map a data file read-only and validate its header (and, with `verify`, its payload)."""
+    """Read a data file once into memory of its own and validate the copy's header (and, with `verify`, its
+    payload); the caller serves exactly that copy, never the file's pages.
+
+    The copy is a MAP_PRIVATE anonymous mapping (page-aligned like a file mapping: the payload's tables keep
+    their alignment; its pages never written after the load, so processes forked after it share them), or,
+    after share_loaded_files, a read-only mapping of a sealed memfd.
+    """
     name = os.fspath(path)
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise CorruptFileError(f"{name}: truncated: the file is empty")
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if _share_dir is not None:
+            return _load_shared(f, size, magic, version, verify, name, _share_dir)
+        copy = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            _read_exactly(f, copy, name)
+            header = parse_header(copy, magic, version, name)
+            if verify:
+                verify_payload(copy, header, name)
+        except BaseException:
+            copy.close()
+            raise
+    return copy, header
+
+
+def _read_exactly(f: BinaryIO, copy: mmap.mmap, name: str) -> None:
+    """Fill `copy` from `f` (see _copy_exactly)."""
+    view = memoryview(copy)
     try:
-        header = parse_header(mapping, magic, version, name)
+        _copy_exactly(f, len(copy), name, lambda pos, n: f.readinto(view[pos : pos + n]) or 0)
+    finally:
+        view.release()
+
+
+def _copy_exactly(f: BinaryIO, size: int, name: str, copy_at: Callable[[int, int], int]) -> None:
+    """Copy the file's `size` bytes in chunks, copy_at(position, length) -> bytes copied (0 at the end). The file
+    must end exactly there: one that shrinks or grows while it is read (rewritten in place) is refused rather
+    than copied half old and half new."""
+    pos = 0
+    while pos < size:
+        n = copy_at(pos, min(size - pos, _READ_CHUNK))
+        if not n:
+            raise CorruptFileError(f"{name}: truncated while being read ({pos} of {size} bytes)")
+        pos += n
+    if os.pread(f.fileno(), 1, size):
+        raise CorruptFileError(f"{name}: the file grew while being read; replace data files by rename")
+
+
+def _load_shared(
+    f: BinaryIO, size: int, magic: bytes, version: int, verify: bool, name: str, directory: str
+) -> tuple[mmap.mmap, FileHeader]:
+    """load_data_file through `directory`: map the sealed copy another process made of the same header and
+    size, or make it. A lock per content lets one process read it while the others wait to map it."""
+    head = os.pread(f.fileno(), min(size, PAYLOAD_ALIGN), 0)  # names the content; the copy itself is checked
+    key = os.path.join(directory, hashlib.sha256(head).hexdigest()[:32] + f"-{size}")
+    lock = os.open(key + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        copy = _map_shared(key, size)
+        if copy is not None:
+            try:
+                if copy[: len(head)] != head:
+                    raise CorruptFileError(f"{name}: the shared copy has another header")
+                header = parse_header(copy, magic, version, name)
+                if verify:
+                    verify_payload(copy, header, name)
+                return copy, header
+            except CorruptFileError:
+                copy.close()  # a stale or foreign copy: make a new one from the file
+        return _make_shared(f, size, magic, version, verify, name, key)
+    finally:
+        os.close(lock)
+
+
+def _map_shared(key: str, size: int) -> mmap.mmap | None:
+    """The sealed memfd named in `key` ("pid fd" of a process holding it), mapped read-only; None if gone."""
+    try:
+        with open(key) as entry:
+            pid, fd = (int(word) for word in entry.read().split())
+        shared = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        # F_GET_SEALS fails on anything but a memfd: a reused pid's file is never taken for a copy
+        if fcntl.fcntl(shared, fcntl.F_GET_SEALS) & _SEALS != _SEALS or os.fstat(shared).st_size != size:
+            return None
+        return mmap.mmap(shared, size, access=mmap.ACCESS_READ)
+    except OSError:
+        return None
+    finally:
+        os.close(shared)
+
+
+def _make_shared(
+    f: BinaryIO, size: int, magic: bytes, version: int, verify: bool, name: str, key: str
+) -> tuple[mmap.mmap, FileHeader]:
+    """Copy the file into a new memfd, seal it, check it, and name it in `key` for the other processes."""
+    fd = os.memfd_create("regionlock:" + os.path.basename(name), os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    copy = None
+    try:
+        os.ftruncate(fd, size)
+        _copy_exactly(f, size, name, lambda pos, n: os.sendfile(fd, f.fileno(), pos, n))
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        copy = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        header = parse_header(copy, magic, version, name)
         if verify:
-            verify_payload(mapping, header, name)
+            verify_payload(copy, header, name)
+        entry = f"{key}.{os.getpid()}.tmp"
+        with open(entry, "w") as out:
+            out.write(f"{os.getpid()} {fd}")
+        os.replace(entry, key)
     except BaseException:
-        mapping.close()
+        if copy is not None:
+            copy.close()
+        os.close(fd)
         raise
-    return mapping, header
+    # the descriptor lets the others find the copy for as long as this process serves it
+    weakref.finalize(copy, os.close, fd)
+    return copy, header

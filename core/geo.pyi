@@ -28,7 +28,7 @@ class Region:
 
 @final
 class GeoDatabase:
-    """An opened region database (mmap); thread-safe; lookups release the GIL in the batch methods."""
+    """An opened region database (a private copy of its file in memory); thread-safe; batch lookups release the GIL."""
 
     path: str | os.PathLike[str]
     regions: list[tuple[str, str | None]]

@@ -1,5 +1,5 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The IP-to-region database: a DIR-24-8 (IPv4) and Poptrie (IPv6) read in place from an mmap'ed file."""
+"""The IP-to-region database: a DIR-24-8 (IPv4) and Poptrie (IPv6) served from a private in-memory copy of its file."""
 
 # Payload layout (format version 1, little-endian), sizes given in the metadata's "layout":
 #   tbl24   2**24 x u32      IPv4 by the top 24 bits: a leaf, or PTR | tbl8 group index
@@ -27,7 +27,7 @@ import ipaddress
 import sys
 
 from regionlock.core.errors import CorruptFileError
-from regionlock.core.fileformat import map_data_file
+from regionlock.core.fileformat import load_data_file
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
@@ -605,7 +605,7 @@ cdef object _int_field(dict layout, str key, object name):
 
 @cython.final
 cdef class GeoDatabase:
-    """An opened region database; thread-safe and shareable; lookups never touch the disk beyond the mapping."""
+    """An opened region database; thread-safe and shareable; lookups never touch the disk."""
 
     cdef object _mapping
     cdef const uint8_t[::1] _view  # keeps the mapping exported: it can't be closed under a lookup
@@ -623,11 +623,12 @@ cdef class GeoDatabase:
 
     @classmethod
     def open(cls, path, bint verify=True):
-        """Map a database file; with verify, check the payload's SHA-256 (reads the file once)."""
+        """Read a database file into private memory (load_data_file) and serve that copy; with verify, check the
+        payload's SHA-256 first."""
         if sys.byteorder != "little":
             raise OSError("regionlock geo databases are little-endian; this host is not")
         cdef GeoDatabase self = GeoDatabase.__new__(GeoDatabase)
-        mapping, header = map_data_file(path, MAGIC, FORMAT_VERSION, verify)
+        mapping, header = load_data_file(path, MAGIC, FORMAT_VERSION, verify)
         try:
             self._load(mapping, header, path)
         except BaseException:

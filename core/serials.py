@@ -26,7 +26,7 @@ def normalize_serial(text: str) -> str:
     if _SERIAL_RE.fullmatch(serial) is None:
         raise ValueError(
             f"serial must be {SERIAL_MIN_LENGTH} to {SERIAL_MAX_LENGTH} characters from "
-            f"{SERIAL_CHARACTERS} (got {_shorten(text)!r})"
+            f"{SERIAL_CHARACTERS} (got {shorten(text)!r})"
         )
     return serial.upper()
 
@@ -43,10 +43,11 @@ def normalize_market(text: str) -> str:
     if not text.strip().isascii() or _MARKET_RE.fullmatch(market) is None:
         raise ValueError(
             f"market must be {MARKET_MIN_LENGTH} to {MARKET_MAX_LENGTH} characters from "
-            f"{MARKET_CHARACTERS} (got {_shorten(text)!r})"
+            f"{MARKET_CHARACTERS} (got {shorten(text)!r})"
         )
     return market
 
 
-def _shorten(text: str, limit: int = 60) -> str:
+def shorten(text: str, limit: int = 60) -> str:
+    """A rejected value as an error message echoes it: at most `limit` characters and "..."."""
     return text if len(text) <= limit else text[:limit] + "..."

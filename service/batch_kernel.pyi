@@ -8,6 +8,9 @@ from regionlock.core.geo import GeoDatabase
 
 MAX_DEPTH: int
 
+class TooManyItems(ValueError):
+    """A CheckDevicesRequest with more items than the caller allows; the parse stopped at the first one over."""
+
 @final
 class Blobs:
     """A list of byte strings as one buffer and offsets, readable without the GIL."""
@@ -34,9 +37,10 @@ class Table:
 
 @final
 class Batch:
-    """A CheckDevicesRequest read from its wire format (ValueError if malformed); looked up, then encoded."""
+    """A CheckDevicesRequest read from its wire format (ValueError if malformed, TooManyItems past max_items);
+    looked up, then encoded."""
 
-    def __init__(self, data: bytes) -> None: ...
+    def __init__(self, data: bytes, max_items: int = ...) -> None: ...
     def __len__(self) -> int: ...
     def item(self, i: int) -> tuple[str, str, str, bool]: ...
     def look_up(self, geo: GeoDatabase, allowlist: Allowlist) -> None: ...

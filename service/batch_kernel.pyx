@@ -16,6 +16,7 @@
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
@@ -30,6 +31,10 @@ MAX_DEPTH = 100  # nested messages and groups, as the protobuf runtime allows
 cdef int C_MAX_DEPTH = MAX_DEPTH
 cdef Py_ssize_t RELEASE_GIL_MIN_BYTES = 4096  # parsing: about RELEASE_GIL_MIN_ITEMS items
 cdef uint64_t ASCII_MASK = 0x8080808080808080ULL
+
+
+class TooManyItems(ValueError):
+    """A CheckDevicesRequest with more items than the caller allows; the parse stopped at the first one over."""
 
 
 cdef struct Item:
@@ -487,12 +492,14 @@ cdef class Batch:
     cdef bint looked_up
     cdef Py_ssize_t* counts
     cdef Py_ssize_t ncounts
+    cdef Py_ssize_t max_items
 
-    def __cinit__(self, bytes data not None):
+    def __cinit__(self, bytes data not None, Py_ssize_t max_items=PY_SSIZE_T_MAX):
         cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(data)
         cdef const uint8_t* end = p + PyBytes_GET_SIZE(data)
         cdef int status
         self.data = data
+        self.max_items = max_items
         self.capacity = 64
         self.items = <Item*>malloc(sizeof(Item) * self.capacity)
         if self.items == NULL:
@@ -504,13 +511,17 @@ cdef class Batch:
             status = self._parse(p, end)
         if status == -3:
             raise MemoryError()
+        if status == -4:
+            raise TooManyItems(f"more than {max_items} items")
         if status == -2:
             raise ValueError(f"a string of checks[{self.n}] is not valid UTF-8")
         if status < 0:
             raise ValueError(f"the wire format is corrupt (checks[{self.n}])")
 
     cdef int _parse(self, const uint8_t* p, const uint8_t* end) noexcept nogil:
-        """Read the items; 0, or -1 corrupt, -2 not UTF-8, -3 out of memory (self.n: the item at fault)."""
+        """Read the items; 0, or -1 corrupt, -2 not UTF-8, -3 out of memory, -4 more than max_items (self.n: the
+        item at fault). The count is checked before an item is stored, so that a request of millions of tiny
+        items costs no more memory than max_items of them, and the rest is never read."""
         cdef uint32_t field, wire_type
         cdef Py_ssize_t size
         cdef int status = 0
@@ -522,6 +533,8 @@ cdef class Batch:
                 p = read_size(p, end, &size)
                 if p == NULL:
                     return -1
+                if self.n == self.max_items:
+                    return -4
                 if self.n == self.capacity and self._grow() < 0:
                     return -3
                 status = parse_item(p, p + size, &self.items[self.n], C_MAX_DEPTH - 1)

@@ -159,9 +159,14 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         self.metrics.count_decision(outcome.verdict, outcome.reason, outcome.enforced)
         return response
 
+    def _too_many(self) -> InvalidArgument:
+        # "got more", not a count: the parse stops at the first item over the limit (counting the rest of a
+        # 64 MiB request of empty items would cost what the limit saves)
+        return InvalidArgument("checks", f"at most {self.max_batch} items per call, got more")
+
     def _check_batch_size(self, n: int) -> None:
         if n > self.max_batch:
-            raise InvalidArgument("checks", f"at most {self.max_batch} items per call, got {n}")
+            raise self._too_many()
         self.metrics.batch_size.observe(n)
 
     def check_devices_reference(self, request: pb.CheckDevicesRequest) -> pb.CheckDevicesResponse:
@@ -184,7 +189,9 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
     def check_devices_fast(self, request: bytes) -> bytes:
         """CheckDevices from wire bytes to wire bytes through the batch kernel."""
         try:
-            batch = batch_kernel.Batch(request)
+            batch = batch_kernel.Batch(request, self.max_batch)
+        except batch_kernel.TooManyItems:
+            raise self._too_many() from None
         except ValueError as exc:
             raise InvalidArgument("request", f"not a valid CheckDevicesRequest: {exc}") from None
         n = len(batch)
@@ -249,6 +256,8 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
     def CheckDevices(self, request: bytes, context) -> bytes:
         """Registered with identity (de)serializers (add_to_server): wire bytes in, wire bytes out."""
         if batch_kernel is None:
+            if count_items(request, self.max_batch + 1) > self.max_batch:
+                raise self._too_many()  # before the protobuf runtime builds a message per item
             return _by_reference(request, pb.CheckDevicesRequest, self.check_devices_reference)
         return self.check_devices_fast(request)
 
@@ -277,6 +286,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
             self._stream_slots.release()
 
 
+_MAX_DEPTH = 100  # nested groups, as the protobuf runtime (and batch_kernel.MAX_DEPTH) allows
 STREAM_SPARE_THREADS = 4  # beyond max_streams: a stream over the limit finds a thread to be refused on at once
 
 
@@ -307,6 +317,60 @@ def _by_reference(request: bytes, message_class, reference: Callable) -> bytes:
     except Exception:
         raise InvalidArgument("request", f"not a valid {message_class.DESCRIPTOR.name}") from None
     return reference(parsed).SerializeToString()
+
+
+def count_items(data: bytes, limit: int) -> int:
+    """How many `checks` (field 1) a CheckDevicesRequest's wire bytes hold, counting no further than `limit`:
+    the reference path's twin of the kernel's early stop. Malformed bytes end the count (the parse that
+    follows refuses them)."""
+    count, pos, end = 0, 0, len(data)
+    while pos < end and count < limit:
+        tag, pos = _varint(data, pos)
+        if tag is None or tag >> 3 == 0:
+            break
+        if tag == 0x0A:
+            count += 1
+        pos = _skip(data, pos, tag, _MAX_DEPTH)
+        if pos is None:
+            break
+    return count
+
+
+def _varint(data: bytes, pos: int) -> tuple[int | None, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 70:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    return None, pos
+
+
+def _skip(data: bytes, pos: int, tag: int, depth: int) -> int | None:
+    """The position after the value of the field with `tag` at `pos` (groups nested up to `depth`), or None."""
+    wire_type = tag & 7
+    if wire_type == 0:
+        value, pos = _varint(data, pos)
+        return None if value is None else pos
+    if wire_type == 1 or wire_type == 5:
+        pos += 8 if wire_type == 1 else 4
+        return pos if pos <= len(data) else None
+    if wire_type == 2:
+        size, pos = _varint(data, pos)
+        return None if size is None or pos + size > len(data) else pos + size
+    if wire_type == 3 and depth > 0:
+        while True:
+            inner, pos = _varint(data, pos)
+            if inner is None:
+                return None
+            if inner & 7 == 4:
+                return pos if inner >> 3 == tag >> 3 else None
+            pos = _skip(data, pos, inner, depth - 1)
+            if pos is None:
+                return None
+    return None
 
 
 def _request_id(request: bytes) -> str:

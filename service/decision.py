@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from regionlock.core.serials import shorten
 from regionlock.service.errors import InvalidArgument
 from regionlock.service.overrides.model import OverrideAction, validate_serial
 
@@ -56,13 +57,23 @@ def _describe(region: Region | None) -> str:
     return f"{where} (network {region.network})"
 
 
+def _matched(entries: frozenset[str], region: Region) -> str:
+    """What matched the region: the region itself, or a wider entry (its country, or "*") and the region in
+    parentheses, as in `CU (CU-09)`."""
+    where = region.subdivision or region.country
+    if where in entries:
+        return where
+    wider = region.country if region.country in entries else "*"
+    return f"{wider} ({where})"
+
+
 def decide(snapshot: Snapshot, serial: str, ip: str, now: datetime, explain: bool = False) -> Decision:
     """Decide one device at one address; the first step that applies decides (see README, "Decision")."""
     key = validate_serial(serial)
     try:
         region = snapshot.geo.lookup(ip)
     except ValueError:
-        raise InvalidArgument("ip", f"expected an IPv4 or IPv6 address, got {ip!r}") from None
+        raise InvalidArgument("ip", f"expected an IPv4 or IPv6 address, got {shorten(ip)!r}") from None
     policy = snapshot.policy
     messages = policy.messages
     market = snapshot.allowlist.get(key)
@@ -74,15 +85,14 @@ def decide(snapshot: Snapshot, serial: str, ip: str, now: datetime, explain: boo
     override = snapshot.overrides.get(key)
     if override is not None and not override.is_live(now):
         if trace is not None:
-            trace.append(f"override: {override.action.name} expired at {override.expire_time.isoformat()}, ignored")
+            trace.append(f"override: {override.action.name} at revision {override.revision} has expired, ignored")
         override = None
     if override is not None:
         locked = override.action is OverrideAction.LOCK
         if trace is not None:
-            trace.append(
-                f"override: {override.action.name} by {override.actor} at revision {override.revision}"
-                f" ({override.reason}) decides; overrides are always applied"
-            )
+            # the check port is unauthenticated: the actor, reason and ticket are the Admin API's to tell
+            action, revision = override.action.name, override.revision
+            trace.append(f"override: {action} at revision {revision} decides; overrides are always applied")
         return Decision(
             verdict=Verdict.BLOCK if locked else Verdict.ALLOW,
             reason=Reason.OVERRIDE_LOCK if locked else Reason.OVERRIDE_UNLOCK,
@@ -90,7 +100,7 @@ def decide(snapshot: Snapshot, serial: str, ip: str, now: datetime, explain: boo
             region=region,
             sold_market=market,
             enforced=True,
-            message=messages["override_lock" if locked else "override_unlock"],
+            message=messages["override_lock"] if locked else "",
             cache_ttl_seconds=policy.cache_ttl_seconds,
             trace=tuple(trace) if trace is not None else None,
         )
@@ -100,7 +110,7 @@ def decide(snapshot: Snapshot, serial: str, ip: str, now: datetime, explain: boo
     rule_id = ""
     if region is not None and (rule := policy.restricted_rule(region.country, region.subdivision)) is not None:
         reason, block, rule_id, message = Reason.REGION_RESTRICTED, True, rule.rule_id, rule.message
-        step = f"rule {rule.rule_id} restricts {region.subdivision or region.country}"
+        step = f"rule {rule.rule_id} restricts {_matched(rule.regions, region)}"
     elif region is None:
         reason, block, message = (
             Reason.UNKNOWN_REGION,
@@ -120,15 +130,19 @@ def decide(snapshot: Snapshot, serial: str, ip: str, now: datetime, explain: boo
     elif not policy.market_covers(market, region.country, region.subdivision):
         reason, block, message = Reason.GRAY_IMPORT, policy.block_gray_import, messages["gray_import"]
         rule_id = f"markets.{market}"
-        defined = "does not cover" if market in policy.markets else "is not defined in the policy, so covers"
-        step = f"gray import: market {market} {defined} {region.subdivision or region.country}; "
+        if market in policy.markets:
+            step = f"gray import: market {market} does not cover {region.subdivision or region.country}; "
+        else:
+            step = f"gray import: market {market} is not defined in the policy and covers nothing; "
         step += f"actions.gray_import = {'block' if block else 'allow'}"
     else:
-        reason, block, message = Reason.AUTHORIZED, False, messages["authorized"]
+        reason, block, message = Reason.AUTHORIZED, False, ""
         rule_id = f"markets.{market}"
-        step = f"authorized: market {market} covers {region.subdivision or region.country}"
+        step = f"authorized: market {market} covers {_matched(policy.markets[market], region)}"
 
     enforced = not (block and policy.monitor)
+    if not (block and enforced):
+        message = ""  # text for a blocked device's user; an allowed one (monitor mode too) shows none
     if trace is not None:
         trace.append(step)
         if block:

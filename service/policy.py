@@ -310,6 +310,9 @@ def _build(raw: dict[str, Any], version: str, data: DataRegions | None) -> Polic
             raise PolicyError(f"messages.{key}: unknown message")
         if not isinstance(value, str):
             raise PolicyError(f"messages.{key}: expected a string")
+        if value and key in ("authorized", "override_unlock"):
+            # the text would never be shown: silently dropping it would mislead whoever wrote it
+            raise PolicyError(f"messages.{key}: an allowed device is shown no message; leave it empty")
         messages[key] = value
     return Policy(
         mode=mode,

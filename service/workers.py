@@ -1,9 +1,9 @@
 """Multi-process serving: a supervisor forks DeviceCheck workers sharing one port and one Admin process.
 
 The supervisor never creates gRPC objects, so forking it is safe at any time, also to restart a worker
-that died. Each worker maps the same data files (one copy in the page cache) and keeps its own override
-index caught up with the shared store by polling; the Admin process also serves the metrics of all
-processes (prometheus-client's multiprocess mode).
+that died. Each process loads and verifies the data files itself, sharing one copy of each with its siblings
+(share_loaded_files), and keeps its own override index caught up with the shared store by polling; the Admin
+process also serves the metrics of all processes (prometheus-client's multiprocess mode).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 
+from regionlock.core.fileformat import share_loaded_files
 from regionlock.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,9 @@ def _memory_backed_dir() -> str | None:
 def serve_workers(settings: Settings, workers: int) -> int:
     """Serve with `workers` DeviceCheck processes and one Admin process; return the exit code."""
     metrics_dir = tempfile.mkdtemp(prefix="regionlock-metrics-", dir=_memory_backed_dir())
+    # every process loads the data files itself, after the fork: without sharing, N + 1 copies of the same bytes
+    shared_dir = tempfile.mkdtemp(prefix="regionlock-data-", dir=_memory_backed_dir())
+    share_loaded_files(shared_dir)
     # must be set before prometheus_client is imported in this process, so the children inherit it
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     check_addr, reservation = reserve_port(settings.check_addr)
@@ -244,3 +248,4 @@ def serve_workers(settings: Settings, workers: int) -> int:
         if reservation is not None:
             reservation.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(shared_dir, ignore_errors=True)

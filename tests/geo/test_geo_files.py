@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import random
 import shutil
 import struct
+import subprocess
+import sys
+import textwrap
 from array import array
 
 import pytest
@@ -58,6 +62,83 @@ def _exercise(db: GeoDatabase, probes) -> None:
 def test_good_file_opens(good):
     db = GeoDatabase.open(good)
     assert db.lookup("5.2.3.200").country == "RU"
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_open_serves_a_private_copy(tmp_path, good, verify):
+    """Opened, the database no longer reads its file: zeros written over it in place change no answer."""
+    path = tmp_path / "c.rlgeo"
+    shutil.copyfile(good, path)
+    db = GeoDatabase.open(path, verify=verify)
+    probes = ["5.2.3.200", "5.2.3.1", "5.9.9.9", "2001:db8:1::1", "2001:db8:2::1", "9.9.9.9"]
+    before = db.lookup_many(probes)
+    assert sum(r is not None for r in before) == 5
+    with open(path, "r+b") as f:
+        f.write(bytes(os.path.getsize(path)))
+    assert db.lookup_many(probes) == before
+    ids = [0 if r is None else db.regions.index((r.country, r.subdivision)) for r in before]
+    assert list(db.region_ids(probes)) == ids
+
+
+SHARING = textwrap.dedent(
+    """
+    import gc, json, os, sys
+    from regionlock.core.fileformat import share_loaded_files
+    from regionlock.core.geo import GeoDatabase
+    path, shared, probes = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+
+    def memfds():
+        return [line.split()[4] for line in open("/proc/self/maps") if "memfd:regionlock:s.rlgeo" in line]
+
+    def sealed():
+        pid, fd = open(os.path.join(shared, [n for n in os.listdir(shared) if "." not in n][0])).read().split()
+        copy = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR)
+        refused = []
+        for change in (lambda: os.ftruncate(copy, 0), lambda: os.pwrite(copy, b"x", 0)):
+            try:
+                change()
+            except PermissionError:
+                refused.append(True)
+        return len(refused) == 2
+
+    share_loaded_files(shared)
+    first = GeoDatabase.open(path)
+    answers = [str(r) for r in first.lookup_many(probes)]
+    os.truncate(path, 0)  # the copy is the process's, not the file's
+    out = {"sealed": sealed(), "same_after_truncation": [str(r) for r in first.lookup_many(probes)] == answers}
+    os.system(f"cp {sys.argv[4]} {path}")
+    pid = os.fork()
+    if pid == 0:
+        second = GeoDatabase.open(path)  # a sibling: maps the parent's copy
+        out["sibling"] = memfds()
+        out["sibling_same"] = [str(r) for r in second.lookup_many(probes)] == answers
+        print(json.dumps(out), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    del first
+    gc.collect()
+    third = GeoDatabase.open(path)  # the only holder dropped its copy: a new one is made
+    print(json.dumps({"again": memfds(), "again_same": [str(r) for r in third.lookup_many(probes)] == answers}))
+    """
+)
+
+
+def test_processes_that_share_loads_map_one_sealed_copy(tmp_path, good):
+    path = tmp_path / "s.rlgeo"
+    shutil.copyfile(good, path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    probes = "5.2.3.200,5.2.3.1,9.9.9.9,2001:db8:1::1"
+    run = subprocess.run(
+        [sys.executable, "-c", SHARING, str(path), str(shared), probes, str(good)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    child, parent = (json.loads(line) for line in run.stdout.splitlines())
+    assert child["sealed"] and child["same_after_truncation"] and child["sibling_same"]
+    assert len(child["sibling"]) == 2 and len(set(child["sibling"])) == 1  # inherited and its own: one memfd
+    assert len(parent["again"]) == 1 and parent["again_same"]
 
 
 def test_wrong_magic_and_version_are_refused(tmp_path, good):

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from regionlock.core.allowlist import Allowlist
 from regionlock.core.allowlist_demo import build_demo_allowlist
-from regionlock.service.check_servicer import DeviceCheckServicer
+from regionlock.service import batch_kernel
+from regionlock.service.check_servicer import DeviceCheckServicer, count_items
 from regionlock.service.errors import InvalidArgument
 from regionlock.service.metrics import Metrics
 from regionlock.service.overrides.index import OverrideIndex
@@ -235,6 +236,11 @@ def test_every_reason_and_override(small_pair):
     assert reasons == set(pb.Reason.values()) - {pb.REASON_UNSPECIFIED}
     assert [r.WhichOneof("outcome") for r in results[-2:]] == ["error", "error"]
     assert results[4].response.trace
+    # `message` is for the user of a blocked device: an allowed one (an allowed unknown serial, a gray import
+    # or a restricted region in monitor mode, an unlock) carries none
+    responses = [r.response for r in results if r.HasField("response")]
+    assert {r.verdict for r in responses} == {pb.VERDICT_ALLOW, pb.VERDICT_BLOCK}
+    assert [bool(r.message) for r in responses] == [r.verdict == pb.VERDICT_BLOCK for r in responses]
 
 
 def test_empty_request_and_empty_items(small_pair):
@@ -247,8 +253,52 @@ def test_over_the_limit_fails_the_whole_call(small_pair):
     fast, _ = small_pair
     fast.max_batch = 2
     data = pb.CheckDevicesRequest(checks=[pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN)] * 3)
-    with pytest.raises(InvalidArgument, match="checks: at most 2 items per call, got 3"):
+    with pytest.raises(InvalidArgument, match="checks: at most 2 items per call, got more"):
         fast.check_devices_fast(data.SerializeToString())
+
+
+CORRUPT = b"\x0a\x05\x0a"  # an item claiming 5 bytes where 1 is left
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3, 64, 65])
+def test_the_parse_stops_at_the_first_item_over_the_limit(limit):
+    """Past max_items nothing more is read: corrupt bytes after the first item over the limit go unseen."""
+    items = _len_field(1, b"") * limit + _len_field(1, _len_field(1, b"A-1"))
+    with pytest.raises(batch_kernel.TooManyItems, match=f"more than {limit} items"):
+        batch_kernel.Batch(items + CORRUPT, limit)
+    assert count_items(items + CORRUPT, limit + 1) == limit + 1
+    with pytest.raises(ValueError, match="corrupt") as info:
+        batch_kernel.Batch(items + CORRUPT, limit + 1)
+    assert not isinstance(info.value, batch_kernel.TooManyItems)
+
+
+@HYPOTHESIS
+@given(data=st.data())
+def test_count_items_twins_the_kernel_parse(data):
+    request = data.draw(requests(SMALL_SERIALS, SMALL_IPS, max_items=8))
+    limit = data.draw(st.integers(0, 10))
+    n = len(batch_kernel.Batch(request))
+    assert count_items(request, limit) == min(n, limit)
+
+
+def test_a_huge_batch_of_empty_items_costs_no_memory(small_pair):
+    """64 MiB of empty items (32 M of them) are refused after max_batch + 1, in a process that measures its peak
+    (before the early stop: 1.3 GB for the kernel's item array)."""
+    script = (
+        "import resource\n"
+        "from regionlock.service.batch_kernel import Batch, TooManyItems\n"
+        "data = b'\\x0a\\x00' * (32 << 20)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    Batch(data, 10000)\n"
+        "except TooManyItems:\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    grown_kib = int(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True).stdout)
+    assert grown_kib < 16 << 10
+    fast, _ = small_pair
+    with pytest.raises(InvalidArgument, match=r"^checks: at most 10000 items per call, got more$"):
+        fast.check_devices_fast(b"\x0a\x00" * (32 << 20))
 
 
 def test_decision_ids_continue_across_calls(small_pair):

@@ -79,6 +79,31 @@ def test_invalid_argument_names_the_field(running, serial, ip, field):
     assert info.value.details().startswith(f"{field}: ")
 
 
+@pytest.mark.parametrize(
+    ("serial", "ip", "field"), [("x" * (4 << 20), IP_BERLIN, "serial"), ("A-1", "1" * (4 << 20), "ip")]
+)
+def test_a_huge_invalid_value_is_echoed_shortened(running, serial, ip, field):
+    """Unary, batch and stream: INVALID_ARGUMENT naming the field, the value cut short (a 4 MiB value echoed
+    whole would exceed the metadata limit and come back as RESOURCE_EXHAUSTED)."""
+    request = pb.CheckDeviceRequest(serial=serial, ip=ip)
+    with pytest.raises(grpc.RpcError) as info:
+        _stub(running).CheckDevice(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(f"{field}: ") and len(info.value.details()) < 200
+    [result] = _stub(running).CheckDevices(pb.CheckDevicesRequest(checks=[request]), timeout=10).results
+    assert result.error.message == info.value.details()
+    [streamed] = _stub(running).StreamCheckDevices(iter([request]), timeout=10)
+    assert streamed.error.message == info.value.details()
+
+
+def test_a_batch_of_millions_of_empty_items_is_refused_as_too_many(running):
+    with pytest.raises(grpc.RpcError) as info:
+        running.raw_check("CheckDevices")(b"\x0a\x00" * (16 << 20), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    limit = running.service.settings.max_batch
+    assert info.value.details() == f"checks: at most {limit} items per call, got more"
+
+
 def test_batch_in_order_with_per_item_errors(running):
     checks = [
         pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN, request_id="a"),

@@ -1,5 +1,6 @@
 """decide(): every reason and every step's precedence, in enforce and monitor modes, on a tiny world."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -8,6 +9,7 @@ from regionlock.service.decision import Reason, Verdict, decide
 from regionlock.service.errors import InvalidArgument
 from regionlock.service.overrides.index import OverrideIndex
 from regionlock.service.overrides.model import Override, OverrideAction
+from regionlock.service.policy import parse_policy
 from regionlock.service.snapshot import Snapshot, load_data
 
 from fixtures_service import (
@@ -106,6 +108,8 @@ def test_decision_table(worlds, world, serial, ip, verdict, reason, enforced, ru
     )
     assert decision.cache_ttl_seconds == 600
     assert decision.trace is None
+    # text for the user of a blocked device only: an allowed one, also in monitor mode, is shown none
+    assert bool(decision.message) == (verdict is BLOCK)
 
 
 def test_response_details(worlds):
@@ -133,7 +137,39 @@ def test_explain_traces_every_step(worlds):
     assert "expired" in trace
     assert "monitor" in trace
     locked = decide(worlds["enforce"], "EEA-0001", IP_BERLIN, NOW, explain=True)
-    assert any("LOCK by alice" in line for line in locked.trace)
+    assert "override: LOCK at revision 7 decides; overrides are always applied" in locked.trace
+
+
+@pytest.mark.parametrize(("serial", "ip"), [("EEA-0001", IP_BERLIN), ("CN-0001", IP_CRIMEA), ("US-0001", IP_BERLIN)])
+def test_explain_keeps_the_admin_notes_to_the_admin_api(worlds, serial, ip):
+    """The check port is unauthenticated: the trace names an override's action and revision, not who set it,
+    why, or its ticket."""
+    trace = "\n".join(decide(worlds["enforce"], serial, ip, NOW, explain=True).trace)
+    assert "revision 7" in trace
+    for note in ("alice", "support case", "SUP-1"):
+        assert note not in trace
+
+
+def _step(snapshot: Snapshot, serial: str, ip: str) -> str:
+    """The trace line of the step that decided."""
+    return decide(snapshot, serial, ip, NOW, explain=True).trace[-2]
+
+
+def test_explain_names_what_matched(worlds):
+    world = worlds["no-overrides"]
+    assert _step(world, "EEA-0001", IP_BERLIN) == "authorized: market EEA covers DE (DE-BE)"
+    assert _step(world, "GLOBAL-0001", IP_KYIV) == "authorized: market GLOBAL covers * (UA-30)"
+    assert _step(world, "CN-0001", IP_BEIJING) == "authorized: market CN covers CN"
+    assert _step(world, "EEA-0001", IP_CRIMEA) == "rule restricted:sanctions restricts UA-43"
+    assert _step(world, "EEA-0001", IP_HAVANA) == "rule restricted:sanctions restricts CU"
+    assert (
+        _step(world, "CN-0001", IP_BERLIN) == "gray import: market CN does not cover DE-BE; actions.gray_import = block"
+    )
+    assert _step(world, "US-0001", IP_BERLIN) == (
+        "gray import: market US is not defined in the policy and covers nothing; actions.gray_import = block"
+    )
+    germany = replace(world, policy=parse_policy('[[restricted]]\nid = "de"\nregions = ["DE"]'))
+    assert _step(germany, "EEA-0001", IP_BERLIN) == "rule restricted:de restricts DE (DE-BE)"
 
 
 def test_override_expiry_is_judged_against_the_given_clock(worlds):
@@ -163,3 +199,14 @@ def test_invalid_input_names_the_field(worlds, serial, ip, field):
         decide(worlds["enforce"], serial, ip, NOW)
     assert info.value.field == field
     assert info.value.message.startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(
+    ("serial", "ip", "field"), [("x" * (4 << 20), IP_BERLIN, "serial"), ("A-1", "1" * (4 << 20), "ip")]
+)
+def test_a_huge_invalid_value_is_echoed_shortened(worlds, serial, ip, field):
+    with pytest.raises(InvalidArgument) as info:
+        decide(worlds["enforce"], serial, ip, NOW)
+    assert info.value.message.startswith(f"{field}: ")
+    assert "1111..." in info.value.message or "xxxx..." in info.value.message
+    assert len(info.value.message) < 200

@@ -105,6 +105,8 @@ def test_market_coverage():
         ('[actions]\ngray_import = "deny"', "actions.gray_import"),
         ('[actions]\nstolen = "block"', "actions.stolen"),
         ("[messages]\ngray_import = 3", "messages.gray_import"),
+        ('[messages]\nauthorized = "Welcome"', "messages.authorized"),
+        ('[messages]\noverride_unlock = "Unlocked"', "messages.override_unlock"),
         ("colour = 1", "colour"),
     ],
 )

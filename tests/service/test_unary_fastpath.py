@@ -53,6 +53,17 @@ def test_small_world_random_items(twins, data):
     assert_unary_twins(data.draw(items(SMALL_SERIALS, SMALL_IPS)), fast, reference)
 
 
+@pytest.mark.parametrize(
+    ("serial", "ip"),
+    [("EEA-0001", "5.0.1.1"), ("STRANGER", "5.0.1.1"), ("CN-0001", "5.3.1.1"), ("GLOBAL-0001", "5.2.1.1")],
+)
+def test_message_only_for_a_blocked_device(twins, serial, ip):
+    fast, _ = twins
+    request = pb.CheckDeviceRequest(serial=serial, ip=ip).SerializeToString()
+    response = pb.CheckDeviceResponse.FromString(fast.check_device_fast(request))
+    assert bool(response.message) == (response.verdict == pb.VERDICT_BLOCK)
+
+
 def test_decision_ids_are_unique_across_unary_calls(twins):
     fast, _ = twins
     request = pb.CheckDeviceRequest(serial="GLOBAL-0001", ip="5.0.1.1").SerializeToString()
