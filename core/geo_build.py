@@ -10,6 +10,10 @@ Semantics (the pure-Python twin in _geo_reference.py implements the same):
   Records with neither country are left out: they hold no region and override nothing.
 - A CSV source has the header `network,country,subdivision` (the last column may be absent); network is
   CIDR with no host bits set; country two letters; subdivision empty, full (`UA-43`) or bare (`43`).
+- IPv6 spellings of IPv4 addresses resolve as MaxMind's reader resolves them (geo_aliases.py): the compiled
+  file takes the IPv4 aliases of its MaxMind DB sources with IPv6 trees, which must agree, or MaxMind's set
+  (::/96, ::ffff:0:0/96, 2001::/32, 2002::/16) when there are none (CSV and IPv4-only sources hold no alias
+  of their own). An IPv6 network of a CSV source inside an alias could never match: it is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from collections.abc import Callable, Iterable
 from regionlock.core.errors import BuildError
 from regionlock.core.fileformat import FileHeader, atomic_output, build_time, source_info, write_data_file
 from regionlock.core.geo import FORMAT_VERSION, MAGIC, MAX_REGIONS
+from regionlock.core.geo_aliases import METADATA_KEY as ALIASES_KEY
+from regionlock.core.geo_aliases import check_outside_aliases, merge_source_aliases
 from regionlock.core.geo_compile import V4Painter, V6Painter
 from regionlock.core.geo_mmdb import is_mmdb, read_mmdb
 
@@ -146,6 +152,7 @@ def build_geo_database(
     v4, v6 = V4Painter(), V6Painter()
     counts = {"ipv4": 0, "ipv6": 0}
     kinds = []
+    source_aliases, csv_v6 = [], []
     for path in sources:
         name = os.fspath(path)
         if not os.path.isfile(name):
@@ -156,16 +163,22 @@ def build_geo_database(
             v4_arrays = (mm.v4_starts, mm.v4_prefixes, mm.v4_regions)
             v6_arrays = (mm.v6_high, mm.v6_low, mm.v6_prefixes, mm.v6_regions)
             kinds.append({"kind": "mmdb", "database_type": mm.metadata.get("database_type")})
+            source_aliases.append((name, mm.ipv4_aliases))
         else:
             step(f"reading CSV {name}")
             networks = read_csv(name, regions)
             v4_arrays, v6_arrays = networks.v4, networks.v6
             kinds.append({"kind": "csv"})
+            source_aliases.append((name, None))
+            csv_v6.append((name, v6_arrays))
         counts["ipv4"] += len(v4_arrays[2]) - v4_arrays[2].count(0)
         counts["ipv6"] += len(v6_arrays[3]) - v6_arrays[3].count(0)
         step(f"painting {len(v4_arrays[0])} IPv4 and {len(v6_arrays[0])} IPv6 networks")
         v4.paint(*v4_arrays)
         v6.paint(*v6_arrays)
+    aliases = merge_source_aliases(source_aliases)
+    for name, (high, low, prefixes, _) in csv_v6:
+        check_outside_aliases(name, high, low, prefixes, aliases)
     step("compiling")
     tbl24, tbl8 = v4.finish()
     direct, nodes, leaves = v6.finish()
@@ -178,6 +191,7 @@ def build_geo_database(
         "sources": infos,
         "networks": counts,
         "regions": regions.table(),
+        ALIASES_KEY: [str(alias) for alias in aliases],
         "layout": {"tbl8_groups": len(tbl8) // 1024, "v6_nodes": len(nodes) // 24, "v6_leaves": len(leaves) // 4},
     }
     step(f"writing {os.fspath(output)}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from regionlock.core.errors import BuildError
+from regionlock.core.geo_aliases import Alias, from_walk
 from regionlock.core.geo_compile import MMDBData, region_ids_for_offsets, walk_mmdb_tree
 
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
@@ -85,6 +86,7 @@ class MMDBNetworks:
     v6_prefixes: array
     v6_regions: array
     metadata: dict[str, Any]
+    ipv4_aliases: tuple[Alias, ...] | None  # None for an IPv4 tree: it holds no IPv6 spelling at all
 
 
 def region_of_record(fields: tuple[str | None, bool, str | None, str | None]) -> tuple[str, str | None] | None:
@@ -122,7 +124,7 @@ def read_mmdb(path: str | os.PathLike[str], region_id: Callable[[str, str | None
     if data_start > marker or node_count <= 0:
         raise BuildError(f"{name}: truncated: the search tree runs past the metadata")
     try:
-        v4s, v4p, v4o, v6h, v6l, v6p, v6o = walk_mmdb_tree(
+        v4s, v4p, v4o, v6h, v6l, v6p, v6o, aliases = walk_mmdb_tree(
             view[:tree_size], node_count, record_size, ip_version, marker - data_start
         )
         records = MMDBData(view[data_start:marker])
@@ -133,6 +135,7 @@ def read_mmdb(path: str | os.PathLike[str], region_id: Callable[[str, str | None
 
         v4r = region_ids_for_offsets(v4o, resolve)
         v6r = region_ids_for_offsets(v6o, resolve)
+        ipv4_aliases = from_walk(aliases) if ip_version == 6 else None
     except (BuildError, UnicodeDecodeError, OverflowError) as exc:
         raise BuildError(f"{name}: {exc}") from None
-    return MMDBNetworks(v4s, v4p, v4r, v6h, v6l, v6p, v6r, metadata)
+    return MMDBNetworks(v4s, v4p, v4r, v6h, v6l, v6p, v6r, metadata, ipv4_aliases)
