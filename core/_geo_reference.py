@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 
 from regionlock.core.geo import Region
+from regionlock.core.geo_aliases import MAXMIND_ALIASES
 
 Row = tuple[str, str, "str | None"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -30,10 +31,14 @@ class ReferenceGeoDatabase:
     """Sources are lists of (network, country, subdivision) rows, already normalized; later sources win.
 
     An address takes the last source with a network holding it, and that source's longest such prefix;
-    a prefix repeated within one source takes its last row.
+    a prefix repeated within one source takes its last row. An IPv6 address inside one of `aliases` (by
+    default MaxMind's, as a build from CSV sources has them) is the IPv4 address of the 32 bits after the
+    alias's prefix: it takes that address's region, its network the IPv6 one of the alias's prefix length plus
+    the IPv4 network's.
     """
 
-    def __init__(self, sources: Sequence[Iterable[Row]]) -> None:
+    def __init__(self, sources: Sequence[Iterable[Row]], aliases: Iterable[str] = MAXMIND_ALIASES) -> None:
+        self.aliases = [ipaddress.IPv6Network(alias) for alias in aliases]
         self._sources: list[dict[tuple[int, int, int], tuple[str, str | None]]] = []
         self.regions: list[tuple[str, str | None]] = [("", None)]
         ids: dict[tuple[str, str | None], int] = {}
@@ -52,6 +57,15 @@ class ReferenceGeoDatabase:
     def lookup(self, ip: str | bytes | int) -> Region | None:
         """The Region of an address, or None; by brute force over every prefix length."""
         address = reference_address(ip)
+        for alias in self.aliases if address.version == 6 else ():  # (`in` would mix IPv4 into ::/96)
+            if address in alias:
+                shift = 96 - alias.prefixlen
+                region = self.lookup(ipaddress.IPv4Address((int(address) >> shift) & 0xFFFFFFFF))
+                if region is None or region.network is None:
+                    return region
+                length = alias.prefixlen + ipaddress.IPv4Network(region.network).prefixlen
+                network = ipaddress.IPv6Network((int(address), length), strict=False)
+                return Region(region.country, region.subdivision, str(network))
         value, bits = int(address), address.max_prefixlen
         for table in reversed(self._sources):
             for prefix in range(bits, -1, -1):
