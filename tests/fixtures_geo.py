@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,29 @@ def build_geo_from_rows(tmp_path: Path, rows: Iterable[tuple[str, str, str | Non
     output = tmp_path / f"{name}.rlgeo"
     build_geo_database([source], output)
     return output
+
+
+# the IPv6 spellings of an IPv4 address that MaxMind's trees alias to it: (prefix, length); the address follows
+IPV4_SPELLINGS = {
+    "compatible": (0, 96),
+    "mapped": (0xFFFF << 32, 96),
+    "teredo": (0x2001 << 96, 32),
+    "6to4": (0x2002 << 112, 16),
+}
+
+
+def ipv4_spelling(v4: int, kind: str, rest: int = 0) -> ipaddress.IPv6Address:
+    """IPv4 address v4 spelled as IPv6 of `kind` (IPV4_SPELLINGS), `rest` in the bits after it."""
+    prefix, length = IPV4_SPELLINGS[kind]
+    return ipaddress.IPv6Address(prefix | (v4 << (96 - length)) | (rest & ((1 << (96 - length)) - 1)))
+
+
+def maxminddb_network(address: ipaddress.IPv4Address | ipaddress.IPv6Address, prefix: int) -> str:
+    """The network lookup() reports where maxminddb's get_with_prefix_len reports prefix: an IPv4-mapped
+    address is looked up as the IPv4 address it is, so its network is IPv4 (96 bits shorter)."""
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return str(ipaddress.IPv4Network((address.ipv4_mapped, prefix - 96), strict=False))
+    return str(ipaddress.ip_network((address, prefix), strict=False))
 
 
 @pytest.fixture
