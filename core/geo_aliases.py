@@ -28,7 +28,10 @@ def parse_aliases(value: object) -> tuple[Alias, ...]:
         raise ValueError(f"{METADATA_KEY} is not a list of at most {MAX_ALIASES} strings")
     aliases = []
     for text in value:
-        network = ipaddress.IPv6Network(text)  # strict: host bits set is an error
+        try:
+            network = ipaddress.IPv6Network(text)  # strict: host bits set is an error
+        except ValueError as exc:
+            raise ValueError(f"IPv4 alias {text!r}: {exc}") from None
         if network.prefixlen > 96:
             raise ValueError(f"IPv4 alias {text} is longer than /96")
         if aliases and int(network.network_address) <= int(aliases[-1].broadcast_address):

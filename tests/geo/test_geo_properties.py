@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 import tempfile
 from array import array
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from regionlock.core._geo_reference import ReferenceGeoDatabase
+from regionlock.core.errors import BuildError
 from regionlock.core.geo import GeoDatabase
+from regionlock.core.geo_aliases import MAXMIND_ALIASES
 from regionlock.core.geo_build import build_geo_database, write_geo_csv
+
+from fixtures_geo import IPV4_SPELLINGS, ipv4_spelling
 
 # a few base addresses so that random prefixes nest and overlap
 V4_BASES = [0, 0x05020300, 0x05020380, 0xFFFFFFFF, 0x7F000001]
-V6_BASES = [0, 0x20010DB8 << 96, (0x20010DB8 << 96) | (1 << 80) | 1, 2**128 - 1, 0xFFFF << 32]
+V6_BASES = [0, 0x20010DB8 << 96, (0x20010DB8 << 96) | (1 << 80) | 1, 2**128 - 1, 0xFFFF << 32, 0x2002 << 112]
 REGIONS = [("US", None), ("UA", "UA-43"), ("UA", "UA-40"), ("DE", "DE-BE"), ("CN", None)]
 
 
@@ -36,7 +42,7 @@ rows = st.lists(st.tuples(networks(), st.sampled_from(REGIONS)).map(lambda t: (t
 
 
 def probes(sources: list[list[tuple[str, str, str | None]]], seed: int) -> list[str]:
-    """First, last, inside and just outside every network; plus random and IPv4-mapped addresses."""
+    """First, last, inside and just outside every network; plus random addresses and IPv6 spellings of IPv4."""
     rng = random.Random(seed)
     found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for source in sources:
@@ -50,18 +56,37 @@ def probes(sources: list[list[tuple[str, str, str | None]]], seed: int) -> list[
     found += [ipaddress.IPv6Address(rng.getrandbits(128)) for _ in range(20)]
     texts = [str(a) for a in found]
     texts += [f"::ffff:{a}" for a in found if a.version == 4][:20]
+    texts += [
+        str(ipv4_spelling(int(a), kind, rng.getrandbits(96)))
+        for a in found[:40]
+        if a.version == 4
+        for kind in IPV4_SPELLINGS
+    ]
     return texts
+
+
+def inside_aliases(network: str) -> bool:
+    net = ipaddress.ip_network(network)
+    return net.version == 6 and any(net.subnet_of(ipaddress.IPv6Network(alias)) for alias in MAXMIND_ALIASES)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(rows, min_size=1, max_size=3), st.integers(0, 2**32))
 def test_compiled_database_agrees_with_reference(sources, seed):
-    reference = ReferenceGeoDatabase(sources)
+    """CSV sources: the build takes MaxMind's aliases, refuses the first IPv6 network inside one, and, without
+    those, agrees with the reference on every address and spelling."""
     with tempfile.TemporaryDirectory() as directory:
-        paths = []
-        for index, source in enumerate(sources):
-            paths.append(Path(directory) / f"source{index}.csv")
-            write_geo_csv(paths[-1], source)
+        paths = [Path(directory) / f"source{index}.csv" for index in range(len(sources))]
+        refused = [row[0] for source in sources for row in source if inside_aliases(row[0])]
+        if refused:
+            for path, source in zip(paths, sources, strict=True):
+                write_geo_csv(path, source)
+            with pytest.raises(BuildError, match=re.escape(f"IPv6 network {refused[0]} is inside")):
+                build_geo_database(paths, Path(directory) / "db.rlgeo")
+            sources = [[row for row in source if not inside_aliases(row[0])] for source in sources]
+        reference = ReferenceGeoDatabase(sources)
+        for path, source in zip(paths, sources, strict=True):
+            write_geo_csv(path, source)
         build_geo_database(paths, Path(directory) / "db.rlgeo")
         db = GeoDatabase.open(Path(directory) / "db.rlgeo", verify=False)
         texts = probes(sources, seed)
