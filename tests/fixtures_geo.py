@@ -26,7 +26,7 @@ def build_geo_from_rows(tmp_path: Path, rows: Iterable[tuple[str, str, str | Non
 IPV4_SPELLINGS = {
     "compatible": (0, 96),
     "mapped": (0xFFFF << 32, 96),
-    "teredo": (0x2001 << 96, 32),
+    "teredo": (0x2001 << 112, 32),
     "6to4": (0x2002 << 112, 16),
 }
 

@@ -213,3 +213,7 @@ def test_every_spelling_of_ipv4_and_random_ipv6_agree_with_maxminddb(oracle, geo
     ]
     sample = rng.sample(range(len(probes)), 3000)
     assert [db.lookup(probes[k]) for k in sample] == [regions[k] for k in sample]
+    crimea = _networks_of(reader, db, "UA", "UA-43", limit=20)
+    for kind in IPV4_SPELLINGS:  # each spelling of a Crimean address is in Crimea, as it is to maxminddb above
+        spellings = [ipv4_spelling(a, kind, rng.getrandbits(96)) for a in crimea]
+        assert {(r.country, r.subdivision) for r in db.lookup_many(spellings)} == {("UA", "UA-43")}, kind
