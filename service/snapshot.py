@@ -60,6 +60,12 @@ def load_data(settings: Settings) -> tuple[GeoDatabase, Allowlist, Policy]:
         raise FailedPrecondition(f"can't read {exc.filename}: {exc.strerror}") from None
     except (DataFileError, PolicyError) as exc:
         raise FailedPrecondition(str(exc)) from None
+    if "ipv4_aliases" not in geo.info:
+        log.warning(
+            "%s was built before IPv4 aliases: IPv6 spellings of IPv4 addresses (6to4 2002::/16, ::a.b.c.d, "
+            "2001::/32) find no region in it; rebuild it with `regionlock geo build`",
+            settings.geo_path,
+        )
     undefined = sorted(set(allowlist.markets) - set(policy.markets))
     if undefined:
         log.warning(

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from regionlock.core.fileformat import parse_header, write_data_file
+from regionlock.core.geo import FORMAT_VERSION, MAGIC
 from regionlock.core.geo_build import build_geo_database, write_geo_csv
 
 
@@ -43,6 +45,14 @@ def maxminddb_network(address: ipaddress.IPv4Address | ipaddress.IPv6Address, pr
     if address.version == 6 and address.ipv4_mapped is not None:
         return str(ipaddress.IPv4Network((address.ipv4_mapped, prefix - 96), strict=False))
     return str(ipaddress.ip_network((address, prefix), strict=False))
+
+
+def as_built_before_aliases(path: Path) -> None:
+    """Rewrite a geo database as a build from before IPv4 aliases wrote it: the same, without `ipv4_aliases`."""
+    data = Path(path).read_bytes()
+    header = parse_header(data, MAGIC, FORMAT_VERSION, str(path))
+    metadata = {k: v for k, v in header.metadata.items() if k != "ipv4_aliases"}
+    write_data_file(path, MAGIC, FORMAT_VERSION, metadata, [data[header.payload_offset :]])
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ from mmdb_writer import MAXMIND_ALIASES, write_mmdb
 
 from regionlock.core._geo_reference import ReferenceGeoDatabase
 from regionlock.core.errors import BuildError
-from regionlock.core.fileformat import write_data_file
-from regionlock.core.geo import FORMAT_VERSION, MAGIC, GeoDatabase
+from regionlock.core.geo import GeoDatabase
 from regionlock.core.geo_aliases import MAXMIND_ALIASES as MAXMIND_SET
 from regionlock.core.geo_build import build_geo_database, write_geo_csv
 
-from fixtures_geo import IPV4_SPELLINGS, ipv4_spelling, maxminddb_network
+from fixtures_geo import IPV4_SPELLINGS, as_built_before_aliases, ipv4_spelling, maxminddb_network
 
 
 @pytest.mark.parametrize(
@@ -178,11 +177,9 @@ def test_mmdb_ipv4_aliases_resolve_as_maxminddb(tmp_path, request, record_size, 
 def test_aliases_of_a_file_without_the_key_are_none(tmp_path):
     """A file built before aliases answers as it did: IPv6 spellings other than IPv4-mapped find nothing."""
     write_geo_csv(tmp_path / "a.csv", [("5.101.208.0/21", "UA", "UA-43")])
-    header = build_geo_database([tmp_path / "a.csv"], tmp_path / "new.rlgeo")
-    assert GeoDatabase.open(tmp_path / "new.rlgeo").lookup("2002:565:d001::1").network == "2002:565:d000::/37"
-    metadata = {k: v for k, v in header.metadata.items() if k != "ipv4_aliases"}
-    payload = (tmp_path / "new.rlgeo").read_bytes()[header.payload_offset :]
-    write_data_file(tmp_path / "old.rlgeo", MAGIC, FORMAT_VERSION, metadata, [payload])
+    build_geo_database([tmp_path / "a.csv"], tmp_path / "old.rlgeo")
+    assert GeoDatabase.open(tmp_path / "old.rlgeo").lookup("2002:565:d001::1").network == "2002:565:d000::/37"
+    as_built_before_aliases(tmp_path / "old.rlgeo")
     db = GeoDatabase.open(tmp_path / "old.rlgeo")
     assert db.ipv4_aliases == () and "ipv4_aliases" not in db.info
     assert db.lookup("::ffff:5.101.208.1").subdivision == "UA-43"
