@@ -21,7 +21,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcpy, memset
 
 from regionlock.core.release_gil cimport RELEASE_GIL_MIN_ITEMS
 
@@ -51,6 +51,7 @@ cdef extern from *:
         const uint32_t* tbl24; const uint32_t* tbl8; uint32_t ngroups;
         const uint32_t* direct; const rl_node* nodes; uint32_t nnodes; const uint32_t* leaves; uint32_t nleaves;
         const rl_alias* aliases; uint32_t naliases;
+        const uint64_t* alias_top;  /* 65536 bits: bit v set if an alias holds addresses whose top 16 bits are v */
     } rl_tables;
 
     static inline unsigned rl_popcount(uint64_t x) {
@@ -85,10 +86,11 @@ cdef extern from *:
         return (uint32_t)(lo >> (96 - len));
     }
     /* 1 with *out the leaf (prefix length in IPv6 bits) if an IPv6 address is in an alias of the IPv4 space,
-       else 0: a compare or two per alias, before any table is read. */
+       else 0: one bit test for most addresses, then a compare or two per alias. */
     static inline int rl_alias_leaf(const rl_tables* t, const rl_addr* a, uint32_t* out) {
-        uint32_t k, e;
+        uint32_t k, e, top = (uint32_t)(a->hi >> 48);
         const rl_alias* al;
+        if (!((t->alias_top[top >> 6] >> (top & 63)) & 1)) return 0;
         for (k = 0; k < t->naliases; k++) {
             al = &t->aliases[k];
             if (((a->hi & al->mhi) == al->hi) & ((a->lo & al->mlo) == al->lo)) {
@@ -253,6 +255,7 @@ cdef extern from *:
         uint32_t nleaves
         const rl_alias* aliases
         uint32_t naliases
+        const uint64_t* alias_top
     ctypedef void (*rl_walk_fn)(const rl_tables*, const rl_addr*, uint32_t*, Py_ssize_t) noexcept nogil
     uint32_t rl_leaf4(const rl_tables* t, uint32_t a) noexcept nogil
     uint32_t rl_leaf6(const rl_tables* t, const rl_addr* a) noexcept nogil
@@ -655,6 +658,7 @@ cdef class GeoDatabase:
     cdef object _header
     cdef rl_tables t  # pointers into the mapping, and to `aliases`
     cdef rl_alias aliases[16]  # RL_MAX_ALIASES, as geo_aliases.MAX_ALIASES
+    cdef uint64_t alias_top[1024]
     cdef readonly tuple ipv4_aliases
     cdef uint32_t nregions  # including the placeholder 0
     cdef list _countries
@@ -730,8 +734,9 @@ cdef class GeoDatabase:
         return 0
 
     cdef int _set_aliases(self, tuple aliases) except -1:
-        cdef uint32_t n = 0
+        cdef uint32_t n = 0, top, v
         cdef int length
+        memset(self.alias_top, 0, sizeof(self.alias_top))
         mapped = ipaddress.IPv6Network("::ffff:0:0/96")
         if len(aliases) > RL_MAX_ALIASES:  # parse_aliases bounds them already; this guards the C array
             raise CorruptFileError(f"more than {RL_MAX_ALIASES} IPv4 aliases")
@@ -746,8 +751,12 @@ cdef class GeoDatabase:
             self.aliases[n].mhi = mask >> 64
             self.aliases[n].mlo = mask & 0xFFFFFFFFFFFFFFFF
             self.aliases[n].len = length
+            top = <uint32_t>(value >> 112)
+            for v in range(top, top + (1 << max(16 - length, 0))):
+                self.alias_top[v >> 6] |= (<uint64_t>1) << (v & 63)
             n += 1
         self.t.aliases = self.aliases
+        self.t.alias_top = self.alias_top
         self.t.naliases = n
         self.ipv4_aliases = tuple(str(alias) for alias in aliases)
         return 0
