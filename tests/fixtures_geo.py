@@ -55,6 +55,17 @@ def as_built_before_aliases(path: Path) -> None:
     write_data_file(path, MAGIC, FORMAT_VERSION, metadata, [data[header.payload_offset :]])
 
 
+def maxminddb_lookup(reader, address, aliases: tuple[str, ...]) -> tuple[object, str]:
+    """maxminddb's record for an address and its network as lookup() reports it. lookup() takes an IPv4-mapped
+    address as IPv4 in any file (a dual-stack socket's view), so where the tree has no such alias maxminddb is
+    asked for the IPv4 address."""
+    address = ipaddress.ip_address(address)
+    if address.version == 6 and address.ipv4_mapped is not None and "::ffff:0:0/96" not in aliases:
+        address = address.ipv4_mapped
+    record, prefix = reader.get_with_prefix_len(address)
+    return record, maxminddb_network(address, prefix)
+
+
 @pytest.fixture
 def geo_builder(tmp_path: Path):
     """A function rows -> path of a geo database built from them (in this test's tmp_path)."""

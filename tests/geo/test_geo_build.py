@@ -15,7 +15,7 @@ from regionlock.core.geo import GeoDatabase
 from regionlock.core.geo_aliases import MAXMIND_ALIASES as MAXMIND_SET
 from regionlock.core.geo_build import build_geo_database, write_geo_csv
 
-from fixtures_geo import IPV4_SPELLINGS, as_built_before_aliases, ipv4_spelling, maxminddb_network
+from fixtures_geo import IPV4_SPELLINGS, as_built_before_aliases, ipv4_spelling, maxminddb_lookup
 
 
 @pytest.mark.parametrize(
@@ -158,15 +158,12 @@ def test_mmdb_ipv4_aliases_resolve_as_maxminddb(tmp_path, request, record_size, 
     leaves = db.leaves_v6(b"".join(a.packed for a in probes if a.version == 6))
     found = 0
     for address, region in zip(probes, regions, strict=True):
-        query = address
-        if address.version == 6 and address.ipv4_mapped and "::ffff:0:0/96" not in db.ipv4_aliases:
-            query = address.ipv4_mapped  # lookup() takes IPv4-mapped as IPv4 in any file (a dual-stack socket's view)
-        record, prefix = reader.get_with_prefix_len(query)
+        record, network = maxminddb_lookup(reader, address, db.ipv4_aliases)
         assert (region and (region.country, region.subdivision)) == _expected(record), address
         assert region == db.lookup(address) == db.lookup(str(address)), address
         if region is not None:
             found += address.version == 6
-            assert region.network == maxminddb_network(query, prefix), address
+            assert region.network == network, address
     assert found > 100
     assert list(db.region_ids(probes)) == [
         0 if r is None else db.regions.index((r.country, r.subdivision)) for r in regions

@@ -9,9 +9,11 @@ import tempfile
 from array import array
 from pathlib import Path
 
+import maxminddb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mmdb_writer import write_mmdb
 
 from regionlock.core._geo_reference import ReferenceGeoDatabase
 from regionlock.core.errors import BuildError
@@ -19,7 +21,7 @@ from regionlock.core.geo import GeoDatabase
 from regionlock.core.geo_aliases import MAXMIND_ALIASES
 from regionlock.core.geo_build import build_geo_database, write_geo_csv
 
-from fixtures_geo import IPV4_SPELLINGS, ipv4_spelling
+from fixtures_geo import IPV4_SPELLINGS, ipv4_spelling, maxminddb_lookup
 
 # a few base addresses so that random prefixes nest and overlap
 V4_BASES = [0, 0x05020300, 0x05020380, 0xFFFFFFFF, 0x7F000001]
@@ -107,3 +109,63 @@ def test_compiled_database_agrees_with_reference(sources, seed):
         assert list(db.region_ids_v4(array("I", [int(a) for a in v4]))) == [reference.region_id(str(a)) for a in v4]
         v6 = [ipaddress.ip_address(t) for t in texts if ":" in t]
         assert list(db.region_ids_v6(b"".join(a.packed for a in v6))) == [reference.region_id(str(a)) for a in v6]
+
+
+# disjoint candidates: MaxMind's, NAT64's well-known prefix, and two that no writer uses but a tree may hold
+ALIAS_CANDIDATES = ["::ffff:0:0/96", "64:ff9b::/96", "2001::/32", "2001:db8::/32", "2002::/16", "3ffe::/16"]
+v4_networks = st.tuples(
+    st.sampled_from(V4_BASES) | st.integers(0, 2**32 - 1), st.integers(0, 32), st.sampled_from(REGIONS)
+).map(lambda t: (str(ipaddress.IPv4Network(t[:2], strict=False)), *t[2]))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(v4_networks, max_size=10),
+    st.lists(st.sampled_from(ALIAS_CANDIDATES), unique=True),
+    st.sampled_from([24, 28, 32]),
+    st.integers(0, 2**32),
+)
+def test_mmdb_aliases_agree_with_reference(rows, aliases, record_size, seed):
+    """A MaxMind DB with any aliases: every spelling, through every candidate alias, in the region the reference
+    given the aliases written (and ::/96, the IPv4 subtree itself) finds, and in maxminddb's network (the tree
+    splits a network around longer ones, so its networks are not the rows')."""
+    rows = sorted([*rows, ("5.101.208.0/21", "UA", "UA-43")], key=lambda row: ipaddress.ip_network(row[0]).prefixlen)
+    records = {region: {"country": {"iso_code": region[0]}} for region in REGIONS}
+    for (_, subdivision), record in records.items():
+        if subdivision:
+            record["subdivisions"] = [{"iso_code": subdivision.split("-")[1]}]
+    written = sorted([ipaddress.IPv6Network(a) for a in ["::/96", *aliases]])
+    reference = ReferenceGeoDatabase([rows], aliases=[str(a) for a in written])
+    rng = random.Random(seed)
+    v4 = [int(a) for a in (ipaddress.ip_address(t) for t in probes([rows], seed)) if a.version == 4]
+    texts = []
+    for alias in map(ipaddress.IPv6Network, ["::/96", *ALIAS_CANDIDATES]):
+        length = alias.prefixlen
+        for a in v4:
+            texts.append(
+                str(
+                    ipaddress.IPv6Address(
+                        int(alias.network_address) | (a << (96 - length)) | rng.getrandbits(96 - length)
+                    )
+                )
+            )
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "a.mmdb"
+        write_mmdb(
+            path, [(network, records[(c, s)]) for network, c, s in rows], record_size=record_size, ipv4_aliases=aliases
+        )
+        build_geo_database([path], Path(directory) / "db.rlgeo")
+        db = GeoDatabase.open(Path(directory) / "db.rlgeo", verify=False)
+        assert db.ipv4_aliases == tuple(str(a) for a in written)
+        expected = [reference.lookup(text) for text in texts]
+        assert any(r is not None for r in expected)  # 5.101.208.0/21's spellings through ::/96 at least
+        with maxminddb.open_database(str(path), maxminddb.MODE_FILE) as reader:
+            for text, region in zip(texts, expected, strict=True):
+                got = db.lookup(text)
+                assert (got and (got.country, got.subdivision)) == (region and (region.country, region.subdivision))
+                if got is not None:
+                    assert got.network == maxminddb_lookup(reader, text, db.ipv4_aliases)[1], text
+        assert db.lookup_many(texts) == [db.lookup(text) for text in texts]
+        ids = [0 if r is None else db.regions.index((r.country, r.subdivision)) for r in expected]
+        assert list(db.region_ids(texts)) == ids
+        assert list(db.region_ids_v6(b"".join(ipaddress.IPv6Address(t).packed for t in texts))) == ids
