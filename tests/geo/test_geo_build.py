@@ -229,6 +229,21 @@ def test_csv_ipv6_network_inside_an_alias_is_refused(tmp_path, network, alias):
     assert not (tmp_path / "out.rlgeo").exists()
 
 
+@pytest.mark.parametrize(
+    ("aliases", "message"),
+    [
+        (("2001:db8::/100",), "an IPv4 alias at depth 100"),  # past /96: no room for an IPv4 address
+        (tuple(f"3ffe:{i:x}::/32" for i in range(16)), "more than 16 IPv4 aliases"),  # with ::/96, 17
+    ],
+)
+def test_mmdb_with_impossible_aliases_is_refused(tmp_path, aliases, message):
+    write_mmdb(tmp_path / "odd.mmdb", ALIAS_WORLD, ipv4_aliases=aliases)
+    with pytest.raises(BuildError, match=rf"odd\.mmdb: .*{message}"):
+        build_geo_database([tmp_path / "odd.mmdb"], tmp_path / "out.rlgeo")
+    write_mmdb(tmp_path / "odd.mmdb", ALIAS_WORLD, ipv4_aliases=aliases[1:])
+    build_geo_database([tmp_path / "odd.mmdb"], tmp_path / "out.rlgeo")  # one fewer: fine
+
+
 def test_sources_that_alias_differently_are_refused(tmp_path):
     write_mmdb(tmp_path / "maxmind.mmdb", ALIAS_WORLD)
     write_mmdb(tmp_path / "other.mmdb", ALIAS_WORLD, ipv4_aliases=("::ffff:0:0/96", "2002::/16"))
