@@ -40,9 +40,10 @@ def _predates_ipv4_aliases(path: Path) -> bool:
     """Whether demo data was built before IPv4 aliases (a 6to4 spelling of a Crimean address found no region)."""
     from regionlock.core.errors import DataFileError
     from regionlock.core.geo import GeoDatabase
+    from regionlock.core.geo_aliases import METADATA_KEY
 
     try:
-        return "ipv4_aliases" not in GeoDatabase.open(path, verify=False).info
+        return METADATA_KEY not in GeoDatabase.open(path, verify=False).info
     except (DataFileError, OSError):
         return False  # not ours to replace: loading it reports what is wrong
 

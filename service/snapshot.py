@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from regionlock.core.allowlist import Allowlist
 from regionlock.core.errors import DataFileError
 from regionlock.core.geo import GeoDatabase
+from regionlock.core.geo_aliases import METADATA_KEY as ALIASES_KEY
 from regionlock.service.errors import FailedPrecondition
 from regionlock.service.overrides.index import OverrideIndex
 from regionlock.service.policy import Policy, PolicyError, load_policy
@@ -60,7 +61,7 @@ def load_data(settings: Settings) -> tuple[GeoDatabase, Allowlist, Policy]:
         raise FailedPrecondition(f"can't read {exc.filename}: {exc.strerror}") from None
     except (DataFileError, PolicyError) as exc:
         raise FailedPrecondition(str(exc)) from None
-    if "ipv4_aliases" not in geo.info:
+    if ALIASES_KEY not in geo.info:
         log.warning(
             "%s was built before IPv4 aliases: IPv6 spellings of IPv4 addresses (6to4 2002::/16, ::a.b.c.d, "
             "2001::/32) find no region in it; rebuild it with `regionlock geo build`",
