@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 
 from regionlock.core.geo import Region
+from regionlock.core.geo_aliases import MAXMIND_ALIASES
 
 Row = tuple[str, str, "str | None"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -44,10 +45,14 @@ class ReferenceGeoDatabase:
     A network is CIDR, or an inclusive range `first-last`, which holds an address with the largest aligned
     block around it that the range contains (as the builder compiles a range: the CIDRs that cover it).
     An address takes the last source with a network holding it, and that source's longest such prefix;
-    a prefix repeated within one source takes its last row.
+    a prefix repeated within one source takes its last row. An IPv6 address inside one of `aliases` (by
+    default MaxMind's, as a build from CSV sources has them) is the IPv4 address of the 32 bits after the
+    alias's prefix: it takes that address's region, its network the IPv6 one of the alias's prefix length plus
+    the IPv4 network's.
     """
 
-    def __init__(self, sources: Sequence[Iterable[Row]]) -> None:
+    def __init__(self, sources: Sequence[Iterable[Row]], aliases: Iterable[str] = MAXMIND_ALIASES) -> None:
+        self.aliases = [ipaddress.IPv6Network(alias) for alias in aliases]
         self._sources: list[dict[tuple[int, int, int], tuple[int, tuple[str, str | None]]]] = []
         self._ranges: list[list[tuple[int, int, int, int, tuple[str, str | None]]]] = []
         self.regions: list[tuple[str, str | None]] = [("", None)]
@@ -72,6 +77,15 @@ class ReferenceGeoDatabase:
     def lookup(self, ip: str | bytes | int) -> Region | None:
         """The Region of an address, or None; by brute force over every prefix length and every range."""
         address = reference_address(ip)
+        for alias in self.aliases if address.version == 6 else ():  # (`in` would mix IPv4 into ::/96)
+            if address in alias:
+                shift = 96 - alias.prefixlen
+                region = self.lookup(ipaddress.IPv4Address((int(address) >> shift) & 0xFFFFFFFF))
+                if region is None or region.network is None:
+                    return region
+                length = alias.prefixlen + ipaddress.IPv4Network(region.network).prefixlen
+                network = ipaddress.IPv6Network((int(address), length), strict=False)
+                return Region(region.country, region.subdivision, str(network))
         value, bits = int(address), address.max_prefixlen
         for table, ranges in zip(reversed(self._sources), reversed(self._ranges), strict=True):
             pieces: dict[int, tuple[int, tuple[str, str | None]]] = {}

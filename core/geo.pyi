@@ -32,6 +32,7 @@ class GeoDatabase:
 
     path: str | os.PathLike[str]
     regions: list[tuple[str, str | None]]
+    ipv4_aliases: tuple[str, ...]  # IPv6 networks resolved as the IPv4 address they hold; () in older files
     @classmethod
     def open(cls, path: str | os.PathLike[str], verify: bool = True) -> GeoDatabase: ...
     def lookup(self, ip: IPInput) -> Region | None: ...

@@ -8,6 +8,9 @@
 #   nodes   count x 24 bytes Poptrie nodes of stride 6: vector u64, leafvec u64, base0 u32, base1 u32
 #   leaves  count x u32      the nodes' leaves, runs of equal leaves stored once
 # A leaf is region id (bits 0-15, 0 = in no network) | prefix length of the matched network << 16.
+# IPv6 aliases of the IPv4 space (metadata "ipv4_aliases", geo_aliases.py) are not in the IPv6 tables: an IPv6
+# lookup first tests them and, inside one of length L, takes the IPv4 leaf of bits L..L+31 with L added to its
+# prefix length, so the network is the IPv6 one MaxMind's reader reports (2002:565:d000::/37).
 # A Poptrie node's child for 6-bit chunk v is node base1 + popcount(vector & mask(v)) - 1 if bit v of
 # vector is set, else leaf base0 + popcount(leafvec & mask(v)) - 1, where mask(v) keeps bits 0..v.
 # Every index read from the file is bounds-checked before use: a damaged file gives wrong answers, never a crash.
@@ -18,7 +21,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcpy, memset
 
 from regionlock.core.release_gil cimport RELEASE_GIL_MIN_ITEMS
 
@@ -28,6 +31,8 @@ import sys
 
 from regionlock.core.errors import CorruptFileError
 from regionlock.core.fileformat import load_data_file
+from regionlock.core.geo_aliases import METADATA_KEY as ALIASES_KEY
+from regionlock.core.geo_aliases import parse_aliases
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
@@ -36,11 +41,17 @@ cdef extern from *:
     """
     #define RL_PTR 0x80000000u
     #define RL_LANES 16
+    #define RL_MAX_ALIASES 16
     typedef struct { uint64_t vector; uint64_t leafvec; uint32_t base0; uint32_t base1; } rl_node;
     typedef struct { int v6; uint64_t hi; uint64_t lo; } rl_addr;  /* IPv4: lo, with hi == 0 */
+    /* An IPv6 alias of the IPv4 space: (hi, lo) & (mhi, mlo) == (hi, lo) inside it; the IPv4 address is the 32
+       bits after its first len bits. */
+    typedef struct { uint64_t hi; uint64_t lo; uint64_t mhi; uint64_t mlo; int len; } rl_alias;
     typedef struct {
         const uint32_t* tbl24; const uint32_t* tbl8; uint32_t ngroups;
         const uint32_t* direct; const rl_node* nodes; uint32_t nnodes; const uint32_t* leaves; uint32_t nleaves;
+        const rl_alias* aliases; uint32_t naliases;
+        const uint64_t* alias_top;  /* 65536 bits: bit v set if an alias holds addresses whose top 16 bits are v */
     } rl_tables;
 
     static inline unsigned rl_popcount(uint64_t x) {
@@ -68,6 +79,28 @@ cdef extern from *:
         }
         return e;
     }
+    /* The 32 bits of an address after its first len bits (0 <= len <= 96). */
+    static inline uint32_t rl_bits32(uint64_t hi, uint64_t lo, int len) {
+        if (len <= 32) return (uint32_t)(hi >> (32 - len));
+        if (len < 64) return (uint32_t)((hi << (len - 32)) | (lo >> (96 - len)));
+        return (uint32_t)(lo >> (96 - len));
+    }
+    /* 1 with *out the leaf (prefix length in IPv6 bits) if an IPv6 address is in an alias of the IPv4 space,
+       else 0: one bit test for most addresses, then a compare or two per alias. */
+    static inline int rl_alias_leaf(const rl_tables* t, const rl_addr* a, uint32_t* out) {
+        uint32_t k, e, top = (uint32_t)(a->hi >> 48);
+        const rl_alias* al;
+        if (!((t->alias_top[top >> 6] >> (top & 63)) & 1)) return 0;
+        for (k = 0; k < t->naliases; k++) {
+            al = &t->aliases[k];
+            if (((a->hi & al->mhi) == al->hi) & ((a->lo & al->mlo) == al->lo)) {
+                e = rl_leaf4(t, rl_bits32(a->hi, a->lo, al->len));
+                *out = e ? e + ((uint32_t)al->len << 16) : 0;
+                return 1;
+            }
+        }
+        return 0;
+    }
     /* One step of an IPv6 walk at node *index: 1 = went down a level, 0 = done with *out set. */
     static inline __attribute__((always_inline)) int rl_step6(
             const rl_tables* t, const rl_addr* a, uint32_t* index, int* offset, uint32_t* out, const int hw) {
@@ -91,8 +124,10 @@ cdef extern from *:
         return 0;
     }
     static inline uint32_t rl_leaf6(const rl_tables* t, const rl_addr* a) {
-        uint32_t e = t->direct[a->hi >> 48], index, out;
+        uint32_t e, index, out;
         int offset = 16;
+        if (rl_alias_leaf(t, a, &out)) return out;
+        e = t->direct[a->hi >> 48];
         if (!(e & RL_PTR)) return e;
         index = e & ~RL_PTR;
         while (rl_step6(t, a, &index, &offset, &out, 0)) {}
@@ -104,14 +139,15 @@ cdef extern from *:
         uint64_t hi[RL_LANES]; uint64_t lo[RL_LANES]; uint32_t index[RL_LANES]; int left[RL_LANES];
         Py_ssize_t pos[RL_LANES];
     } rl_lanes;
-    /* Start the walk of the next IPv6 address of a[*i..n) in lane k (finishing IPv4 and direct-table hits on
-       the way): 1 if one was started, 0 at the end of the input. The lane's first node is prefetched. */
+    /* Start the walk of the next IPv6 address of a[*i..n) in lane k (finishing IPv4, alias and direct-table
+       hits on the way): 1 if one was started, 0 at the end of the input. The lane's first node is prefetched. */
     static inline __attribute__((always_inline)) int rl_take6(
             const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n, Py_ssize_t* i, rl_lanes* s, int k) {
         uint32_t e;
         Py_ssize_t j;
         for (j = *i; j < n; j++) {
             if (!a[j].v6) { out[j] = rl_leaf4(t, (uint32_t)a[j].lo); continue; }
+            if (rl_alias_leaf(t, &a[j], &out[j])) continue;
             e = t->direct[a[j].hi >> 48];
             if (!(e & RL_PTR)) { out[j] = e; continue; }
             s->index[k] = e & ~RL_PTR;
@@ -192,6 +228,7 @@ cdef extern from *:
     typedef void (*rl_walk_fn)(const rl_tables*, const rl_addr*, uint32_t*, Py_ssize_t);
     """
     uint32_t RL_PTR
+    int RL_MAX_ALIASES
     ctypedef struct rl_node:
         uint64_t vector
         uint64_t leafvec
@@ -201,6 +238,12 @@ cdef extern from *:
         int v6
         uint64_t hi
         uint64_t lo
+    ctypedef struct rl_alias:
+        uint64_t hi
+        uint64_t lo
+        uint64_t mhi
+        uint64_t mlo
+        int len
     ctypedef struct rl_tables:
         const uint32_t* tbl24
         const uint32_t* tbl8
@@ -210,6 +253,9 @@ cdef extern from *:
         uint32_t nnodes
         const uint32_t* leaves
         uint32_t nleaves
+        const rl_alias* aliases
+        uint32_t naliases
+        const uint64_t* alias_top
     ctypedef void (*rl_walk_fn)(const rl_tables*, const rl_addr*, uint32_t*, Py_ssize_t) noexcept nogil
     uint32_t rl_leaf4(const rl_tables* t, uint32_t a) noexcept nogil
     uint32_t rl_leaf6(const rl_tables* t, const rl_addr* a) noexcept nogil
@@ -610,7 +656,10 @@ cdef class GeoDatabase:
     cdef object _mapping
     cdef const uint8_t[::1] _view  # keeps the mapping exported: it can't be closed under a lookup
     cdef object _header
-    cdef rl_tables t  # pointers into the mapping
+    cdef rl_tables t  # pointers into the mapping, and to `aliases`
+    cdef rl_alias aliases[16]  # RL_MAX_ALIASES, as geo_aliases.MAX_ALIASES
+    cdef uint64_t alias_top[1024]
+    cdef readonly tuple ipv4_aliases
     cdef uint32_t nregions  # including the placeholder 0
     cdef list _countries
     cdef list _subdivisions
@@ -655,6 +704,12 @@ cdef class GeoDatabase:
                 isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], (str, type(None)))
                 for r in table)):
             raise CorruptFileError(f"{name}: corrupt: bad region table")
+        try:
+            # a file built before aliases has none: it answers as it did when built (rebuild to resolve them)
+            aliases = parse_aliases(meta.get(ALIASES_KEY, []))
+        except ValueError as exc:
+            raise CorruptFileError(f"{name}: corrupt: {exc}") from None
+        self._set_aliases(aliases)
         self.path = path
         self._mapping = mapping
         self._header = header
@@ -677,6 +732,34 @@ cdef class GeoDatabase:
         self._subdivisions = [None] + [None if r[1] is None else sys.intern(r[1]) for r in table]
         self.regions = [("", None)] + [(r[0], r[1]) for r in table]
         self._regions = [None] + [self._make(i) for i in range(1, self.nregions)]
+        return 0
+
+    cdef int _set_aliases(self, tuple aliases) except -1:
+        cdef uint32_t n = 0, top, v
+        cdef int length
+        memset(self.alias_top, 0, sizeof(self.alias_top))
+        mapped = ipaddress.IPv6Network("::ffff:0:0/96")
+        if len(aliases) > RL_MAX_ALIASES:  # parse_aliases bounds them already; this guards the C array
+            raise CorruptFileError(f"more than {RL_MAX_ALIASES} IPv4 aliases")
+        for alias in aliases:
+            if alias.subnet_of(mapped):
+                continue  # parsing already turns every IPv4-mapped address into IPv4: never tested, never paid for
+            length = alias.prefixlen
+            value = int(alias.network_address)
+            mask = int(alias.netmask)
+            self.aliases[n].hi = value >> 64
+            self.aliases[n].lo = value & 0xFFFFFFFFFFFFFFFF
+            self.aliases[n].mhi = mask >> 64
+            self.aliases[n].mlo = mask & 0xFFFFFFFFFFFFFFFF
+            self.aliases[n].len = length
+            top = <uint32_t>(value >> 112)
+            for v in range(top, top + (1 << max(16 - length, 0))):
+                self.alias_top[v >> 6] |= (<uint64_t>1) << (v & 63)
+            n += 1
+        self.t.aliases = self.aliases
+        self.t.alias_top = self.alias_top
+        self.t.naliases = n
+        self.ipv4_aliases = tuple(str(alias) for alias in aliases)
         return 0
 
     cdef Region _make(self, uint32_t rid):

@@ -19,6 +19,10 @@ Semantics (the pure-Python twin in _geo_reference.py implements the same):
   any other code is counted and loses the bad part (a bad subdivision: the record keeps its country; a bad
   country: the record holds no region); a source where more than MAX_INVALID_FRACTION of the networks (CSV:
   rows) carry such codes is refused. The build fails if no source yields a network with a region.
+- IPv6 spellings of IPv4 addresses resolve as MaxMind's reader resolves them (geo_aliases.py): the compiled
+  file takes the IPv4 aliases of its MaxMind DB sources with IPv6 trees, which must agree, or MaxMind's set
+  (::/96, ::ffff:0:0/96, 2001::/32, 2002::/16) when there are none (CSV and IPv4-only sources hold no alias
+  of their own). An IPv6 network of a CSV source inside an alias could never match: it is refused.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import pycountry
 from regionlock.core.errors import BuildError, RegionCodeError
 from regionlock.core.fileformat import FileHeader, atomic_output, build_time, source_info, write_data_file
 from regionlock.core.geo import FORMAT_VERSION, MAGIC, MAX_REGIONS
+from regionlock.core.geo_aliases import METADATA_KEY as ALIASES_KEY
+from regionlock.core.geo_aliases import check_outside_aliases, merge_source_aliases
 from regionlock.core.geo_compile import V4Painter, V6Painter
 from regionlock.core.geo_mmdb import RecordLayout, is_mmdb, read_mmdb
 
@@ -276,6 +282,7 @@ def build_geo_database(
     v4, v6 = V4Painter(), V6Painter()
     counts = {"ipv4": 0, "ipv6": 0}
     kinds = []
+    source_aliases, csv_v6 = [], []
     for path in sources:
         name = os.fspath(path)
         if not os.path.isfile(name):
@@ -288,6 +295,7 @@ def build_geo_database(
             kind = _mmdb_info(mm.metadata)
             total = len(mm.v4_starts) + len(mm.v6_high)
             kind.update(_check_codes(name, total, mm.invalid, mm.invalid_examples, "networks"))
+            source_aliases.append((name, mm.ipv4_aliases))
         else:
             step(f"reading CSV {name}")
             networks = read_csv(name, regions)
@@ -296,6 +304,8 @@ def build_geo_database(
                 "kind": "csv",
                 **_check_codes(name, networks.rows, networks.invalid, networks.invalid_examples, "rows"),
             }
+            source_aliases.append((name, None))
+            csv_v6.append((name, v6_arrays))
         kinds.append(kind)
         counts["ipv4"] += len(v4_arrays[2]) - v4_arrays[2].count(0)
         counts["ipv6"] += len(v6_arrays[3]) - v6_arrays[3].count(0)
@@ -306,6 +316,9 @@ def build_geo_database(
         raise BuildError("record fields were named, but no source is a MaxMind DB")
     if not counts["ipv4"] and not counts["ipv6"]:
         raise BuildError("the sources hold no network with a region")
+    aliases = merge_source_aliases(source_aliases)
+    for name, (high, low, prefixes, _) in csv_v6:
+        check_outside_aliases(name, high, low, prefixes, aliases)
     step("compiling")
     tbl24, tbl8 = v4.finish()
     direct, nodes, leaves = v6.finish()
@@ -321,6 +334,7 @@ def build_geo_database(
         "regions": regions.table(),
         "regions_not_current_iso": len(stale),
         "regions_not_current_iso_examples": stale[:_EXAMPLES],
+        ALIASES_KEY: [str(alias) for alias in aliases],
         "layout": {"tbl8_groups": len(tbl8) // 1024, "v6_nodes": len(nodes) // 24, "v6_leaves": len(leaves) // 4},
     }
     epochs = [info["build_epoch"] for info in infos if "build_epoch" in info]

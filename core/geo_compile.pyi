@@ -7,8 +7,11 @@ from typing_extensions import Buffer
 
 def walk_mmdb_tree(
     tree: Buffer, node_count: int, record_size: int, ip_version: int, data_size: int
-) -> tuple[array[int], array[int], array[int], array[int], array[int], array[int], array[int]]:
-    """(v4_starts, v4_prefixes, v4_offsets, v6_high, v6_low, v6_prefixes, v6_offsets), in address order."""
+) -> tuple[
+    array[int], array[int], array[int], array[int], array[int], array[int], array[int], list[tuple[int, int, int]]
+]:
+    """(v4_starts, v4_prefixes, v4_offsets, v6_high, v6_low, v6_prefixes, v6_offsets, ipv4 aliases as
+    (high, low, prefix length)), in address order."""
 
 def region_ids_for_offsets(offsets: Buffer, resolve: Callable[[int], int]) -> array[int]:
     """Each data offset's region id, `resolve` called once per distinct offset."""

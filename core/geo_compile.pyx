@@ -101,8 +101,10 @@ def walk_mmdb_tree(const uint8_t[::1] tree, uint32_t node_count, int record_size
     """Walk a MaxMind DB search tree; return the IPv4 and IPv6 leaf networks with their data-section offsets.
 
     Returns (v4_starts 'I', v4_prefixes 'B', v4_offsets 'I', v6_high 'Q', v6_low 'Q', v6_prefixes 'B',
-    v6_offsets 'I'), in address order. IPv4 networks of an IPv6 tree are those under ::/96; the aliases
-    of that subtree (::ffff:0:0/96, 2002::/16) are skipped, as maxminddb's own iterator skips them.
+    v6_offsets 'I', aliases), in address order. IPv4 networks of an IPv6 tree are those under ::/96; the
+    aliases of that subtree (records pointing at its start node, such as ::ffff:0:0/96, 2001::/32 and
+    2002::/16) are not walked again, as maxminddb's own iterator skips them, but listed in `aliases` as
+    (high, low, prefix length) with ::/96 itself first; an IPv4 tree (or one without an IPv4 subtree) has none.
     """
     if record_size not in (24, 28, 32):
         raise BuildError(f"unsupported record size {record_size}")
@@ -124,12 +126,15 @@ def walk_mmdb_tree(const uint8_t[::1] tree, uint32_t node_count, int record_size
     cdef int depth, cd, side, i
     cdef uint8_t plen
     cdef uint32_t start4
+    aliases = []
     if ip_version == 6:
         ipv4_start = 0
         for i in range(96):
             if ipv4_start >= node_count:
                 break
             ipv4_start = read_record(t, ipv4_start, 0, record_size)
+        if ipv4_start < node_count:  # a node: maxminddb continues an IPv4 lookup there, after 96 zero bits
+            aliases.append((0, 0, 96))
     try:
         stack[0].node = 0
         stack[0].depth = start_depth
@@ -143,7 +148,10 @@ def walk_mmdb_tree(const uint8_t[::1] tree, uint32_t node_count, int record_size
             hi = stack[sp].hi
             lo = stack[sp].lo
             if ip_version == 6 and node == ipv4_start and not (depth == 96 and hi == 0 and lo == 0):
-                continue  # an alias of the IPv4 subtree
+                if depth > 96:  # the reader would run out of address bits inside the IPv4 subtree
+                    raise BuildError(f"corrupt search tree: an IPv4 alias at depth {depth}")
+                aliases.append((hi, lo, depth))  # an alias of the IPv4 subtree
+                continue
             visited += 1
             if visited > node_count:
                 raise BuildError("corrupt search tree: a node is reached twice")
@@ -183,7 +191,7 @@ def walk_mmdb_tree(const uint8_t[::1] tree, uint32_t node_count, int record_size
                             plen = 0
                             buf_push(&v4s, &start4, 4); buf_push(&v4p, &plen, 1); buf_push(&v4o, &off32, 4)
         return (buf_array(&v4s, "I"), buf_array(&v4p, "B"), buf_array(&v4o, "I"),
-                buf_array(&v6h, "Q"), buf_array(&v6l, "Q"), buf_array(&v6p, "B"), buf_array(&v6o, "I"))
+                buf_array(&v6h, "Q"), buf_array(&v6l, "Q"), buf_array(&v6p, "B"), buf_array(&v6o, "I"), aliases)
     finally:
         PyMem_Free(v4s.data); PyMem_Free(v4p.data); PyMem_Free(v4o.data)
         PyMem_Free(v6h.data); PyMem_Free(v6l.data); PyMem_Free(v6p.data); PyMem_Free(v6o.data)

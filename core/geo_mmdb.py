@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from regionlock.core.errors import BuildError, RegionCodeError
+from regionlock.core.geo_aliases import Alias, from_walk
 from regionlock.core.geo_compile import MMDBData, region_ids_for_offsets, walk_mmdb_tree
 
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
@@ -140,6 +141,7 @@ class MMDBNetworks:
     metadata: dict[str, Any]
     invalid: int  # networks whose record carries a region code that is not ISO 3166
     invalid_examples: list[str]
+    ipv4_aliases: tuple[Alias, ...] | None  # None for an IPv4 tree: it holds no IPv6 spelling at all
 
 
 def region_of_record(fields: tuple[str | None, bool, str | None, str | None]) -> tuple[str, str | None] | None:
@@ -210,7 +212,7 @@ def read_mmdb(
         raise BuildError(f"{name}: truncated: the search tree runs past the metadata")
     refused: dict[int, str] = {}
     try:
-        v4s, v4p, v4o, v6h, v6l, v6p, v6o = walk_mmdb_tree(
+        v4s, v4p, v4o, v6h, v6l, v6p, v6o, aliases = walk_mmdb_tree(
             view[:tree_size], node_count, record_size, ip_version, marker - data_start
         )
         records = MMDBData(view[data_start:marker])
@@ -238,8 +240,9 @@ def read_mmdb(
                 f"no {layout.describe()} in any record; fields seen: {_fields_seen(records, itertools.chain(v4o, v6o))}"
                 " (geo build --country-field NAME reads a flat field)"
             )
+        ipv4_aliases = from_walk(aliases) if ip_version == 6 else None
     except (BuildError, UnicodeDecodeError, OverflowError) as exc:
         raise BuildError(f"{name}: {exc}") from None
     invalid = sum(offset in refused for offset in itertools.chain(v4o, v6o)) if refused else 0
     examples = list(dict.fromkeys(refused.values()))[:5]
-    return MMDBNetworks(v4s, v4p, v4r, v6h, v6l, v6p, v6r, metadata, invalid, examples)
+    return MMDBNetworks(v4s, v4p, v4r, v6h, v6l, v6p, v6r, metadata, invalid, examples, ipv4_aliases)

@@ -37,6 +37,18 @@ def geolite2_city_path() -> Path:
     return Path(geolite2.geolite2_database())
 
 
+def _predates_ipv4_aliases(path: Path) -> bool:
+    """Whether demo data was built before IPv4 aliases (a 6to4 spelling of a Crimean address found no region)."""
+    from regionlock.core.errors import DataFileError
+    from regionlock.core.geo import GeoDatabase
+    from regionlock.core.geo_aliases import METADATA_KEY
+
+    try:
+        return METADATA_KEY not in GeoDatabase.open(path, verify=False).info
+    except (DataFileError, OSError):
+        return False  # not ours to replace: loading it reports what is wrong
+
+
 def prepare_embedded_data(settings: Settings) -> None:
     """Build whatever of the demo data is missing in the data directory; a second start reuses it."""
     from regionlock.core.allowlist_demo import build_demo_allowlist
@@ -44,7 +56,7 @@ def prepare_embedded_data(settings: Settings) -> None:
     from regionlock.service.auth import create_token
     from regionlock.service.policy import default_policy_text
 
-    if not settings.geo_path.exists():
+    if not settings.geo_path.exists() or _predates_ipv4_aliases(settings.geo_path):
         log.info("building the region database from GeoLite2-City into %s (once)", settings.geo_path)
         build_geo_database([geolite2_city_path()], settings.geo_path)
     if not settings.allowlist_path.exists():

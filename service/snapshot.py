@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from regionlock.core.allowlist import Allowlist
 from regionlock.core.errors import DataFileError
 from regionlock.core.geo import GeoDatabase
+from regionlock.core.geo_aliases import METADATA_KEY as ALIASES_KEY
 from regionlock.service.errors import FailedPrecondition
 from regionlock.service.overrides.index import OverrideIndex
 from regionlock.service.policy import DataRegions, Policy, PolicyError, load_policy, require_markets_defined
@@ -135,6 +136,12 @@ def load_data(settings: Settings) -> tuple[GeoDatabase, Allowlist, Policy]:
         raise FailedPrecondition(f"can't read {exc.filename}: {exc.strerror}") from None
     except (DataFileError, PolicyError) as exc:
         raise FailedPrecondition(str(exc)) from None
+    if ALIASES_KEY not in geo.info:
+        log.warning(
+            "%s was built before IPv4 aliases: IPv6 spellings of IPv4 addresses (6to4 2002::/16, ::a.b.c.d, "
+            "2001::/32) find no region in it; rebuild it with `regionlock geo build`",
+            settings.geo_path,
+        )
     return geo, allowlist, policy
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 MARKER = b"\xab\xcd\xefMaxMind.com"
+MAXMIND_ALIASES = ("::ffff:0:0/96", "2001::/32", "2002::/16")  # what MaxMind's writers alias to ::/96
 
 
 def _control(kind: int, size: int) -> bytes:
@@ -61,15 +63,17 @@ def write_mmdb(
     networks: list[tuple[str, dict[str, Any]]],
     ip_version: int = 6,
     record_size: int = 28,
-    ipv4_aliases: bool = True,
+    ipv4_aliases: bool | Sequence[str] = True,
     extra_metadata: list[tuple[str, bytes]] = (),
 ) -> None:
     """Write networks (CIDR, record) as a MaxMind DB; later networks are inserted deeper into earlier ones.
 
+    In an IPv6 tree, each of `ipv4_aliases` (True: MaxMind's) is a record pointing at the IPv4 subtree (::/96).
     The metadata refers to repeated strings by pointer, as MaxMind's writer does (`languages` points into
     `description`). `extra_metadata` (key, raw encoded value) pairs come first in its map, so the first
     value starts at offset 1 + len(encode(key)) of the metadata section.
     """
+    aliases = MAXMIND_ALIASES if ipv4_aliases is True else ipv4_aliases or ()
     bits = 128 if ip_version == 6 else 32
     nodes: list[list[Any]] = [[None, None]]
     data = bytearray()
@@ -103,7 +107,7 @@ def write_mmdb(
                     nodes.append([child, child])  # push an existing leaf down
                     nodes[node][bit] = ("node", len(nodes) - 1)
                 node = nodes[node][bit][1]
-    if ip_version == 6 and ipv4_aliases:
+    if ip_version == 6 and aliases:
         node = 0
         for _ in range(96):
             child = nodes[node][0]
@@ -111,13 +115,15 @@ def write_mmdb(
                 break
             node = child[1]
         else:
-            for alias, length in ((0xFFFF << 32, 96), (0x2002 << 112, 16)):
+            for text in aliases:
+                net = ipaddress.IPv6Network(text)
+                alias, length = int(net.network_address), net.prefixlen
                 walk = 0
                 for depth in range(length - 1):
                     bit = (alias >> (127 - depth)) & 1
                     child = nodes[walk][bit]
                     if not (isinstance(child, tuple) and child[0] == "node"):
-                        nodes.append([None, None])
+                        nodes.append([child, child])  # a network around the alias keeps the rest of its range
                         nodes[walk][bit] = ("node", len(nodes) - 1)
                     walk = nodes[walk][bit][1]
                 nodes[walk][(alias >> (128 - length)) & 1] = ("node", node)

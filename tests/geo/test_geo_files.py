@@ -18,6 +18,9 @@ import pytest
 from regionlock.core.errors import CorruptFileError, DataFileError, FormatVersionError
 from regionlock.core.fileformat import PREAMBLE, write_data_file
 from regionlock.core.geo import FORMAT_VERSION, MAGIC, GeoDatabase
+from regionlock.core.geo_aliases import MAXMIND_ALIASES
+
+from fixtures_geo import IPV4_SPELLINGS, ipv4_spelling
 
 ROWS = [
     ("5.0.0.0/8", "DE", "DE-BE"),
@@ -43,7 +46,8 @@ def _probes(rng: random.Random) -> tuple[array, bytes, list[str]]:
         ipaddress.IPv6Address((0x20010DB8 << 96) | (1 << 80) | rng.getrandbits(rng.choice([0, 8, 64, 80])))
         for _ in range(200)
     ] + [ipaddress.IPv6Address(rng.getrandbits(128)) for _ in range(50)]
-    texts = [str(ipaddress.IPv4Address(a)) for a in v4[:20]] + [str(a) for a in v6[:20]]
+    v6 += [ipv4_spelling(a, kind, rng.getrandbits(96)) for a in v4[::10] for kind in IPV4_SPELLINGS]
+    texts = [str(ipaddress.IPv4Address(a)) for a in v4[:20]] + [str(a) for a in v6[:20] + v6[-20:]]
     return v4, b"".join(a.packed for a in v6), texts
 
 
@@ -231,7 +235,11 @@ def test_random_payload_with_a_valid_header_never_crashes(tmp_path, seed):
         path,
         MAGIC,
         FORMAT_VERSION,
-        {"layout": {"tbl8_groups": groups, "v6_nodes": nodes, "v6_leaves": leaves}, "regions": [["US", None]] * 3},
+        {
+            "layout": {"tbl8_groups": groups, "v6_nodes": nodes, "v6_leaves": leaves},
+            "regions": [["US", None]] * 3,
+            "ipv4_aliases": list(MAXMIND_ALIASES)[: rng.randrange(5)],
+        },
         [tbl24, tail],
     )
     db = GeoDatabase.open(path, verify=True)
@@ -285,3 +293,27 @@ def test_deeply_nested_metadata_is_refused(tmp_path, capsys):
         captured = capsys.readouterr()
         assert info.value.code == 2 and captured.out == ""
         assert captured.err.count("\n") == 1 and "deep.rlgeo: corrupt: metadata nested deeper than 32" in captured.err
+
+
+@pytest.mark.parametrize(
+    "aliases",
+    [
+        "2002::/16",
+        [2002],
+        ["2002::/16"] * 2,
+        ["2002::1/16"],  # host bits
+        ["2002:0:0:0:0:0:0:0/97"],  # longer than /96: no room for an IPv4 address
+        ["1.0.0.0/8"],
+        ["2002::/16", "2001::/32"],  # out of address order
+        ["2000::/3", "2002::/16"],  # nested
+        [f"{i:x}::/16" for i in range(1, 18)],  # more than 16
+        ["nonsense"],
+    ],
+)
+def test_bad_alias_lists_are_refused(tmp_path, aliases):
+    path = tmp_path / "a.rlgeo"
+    layout = {"tbl8_groups": 0, "v6_nodes": 0, "v6_leaves": 0}
+    metadata = {"layout": layout, "regions": [], "ipv4_aliases": aliases}
+    write_data_file(path, MAGIC, FORMAT_VERSION, metadata, [bytes(4 * (1 << 24) + 4 * 65536)])
+    with pytest.raises(CorruptFileError, match=r"a\.rlgeo: corrupt: .*alias"):
+        GeoDatabase.open(path, verify=False)

@@ -19,6 +19,8 @@ import pytest
 from regionlock.core.geo import GeoDatabase
 from regionlock.core.geo_compile import walk_mmdb_tree
 
+from fixtures_geo import IPV4_SPELLINGS, ipv4_spelling, maxminddb_network
+
 pytestmark = pytest.mark.slow
 
 
@@ -82,7 +84,7 @@ def test_one_million_random_ipv4(oracle):
 
 def test_one_million_ipv6_inside_networks(oracle, geolite2_mmdb_path):
     db, reader, ids = oracle
-    _, _, _, hi, lo, prefixes, _ = _walk(geolite2_mmdb_path)
+    _, _, _, hi, lo, prefixes, _, _ = _walk(geolite2_mmdb_path)
     rng = random.Random(6)
     addresses = []
     for _ in range(1_000_000):
@@ -115,7 +117,7 @@ def test_first_and_last_address_of_every_network(oracle, geolite2_mmdb_path):
     """Every network our walker found: its record checked with maxminddb once per distinct record (its first
     network found with that record, whose prefix maxminddb must confirm), and every first and last address."""
     db, reader, ids = oracle
-    v4s, v4p, v4o, hi, lo, v6p, v6o = _walk(geolite2_mmdb_path)
+    v4s, v4p, v4o, hi, lo, v6p, v6o, _ = _walk(geolite2_mmdb_path)
     assert len(v4s) > 3_000_000 and len(hi) > 300_000
     by_offset: dict[int, tuple[str, str | None] | None] = {}
 
@@ -194,3 +196,50 @@ def test_codes_not_in_current_iso_are_kept_and_counted(oracle, geolite2_mmdb_pat
     assert db.info["sources"][0]["database_type"] == reader.metadata().database_type == "GeoLite2-City"
     assert db.info["source_build_epoch"] == db.info["sources"][0]["build_epoch"] == reader.metadata().build_epoch
     assert "invalid_region_codes" not in db.info["sources"][0]
+
+
+def test_every_spelling_of_ipv4_and_random_ipv6_agree_with_maxminddb(oracle, geolite2_mmdb_path):
+    """IPv4 addresses (random, and in Crimea, Sevastopol and Kyiv) in every IPv6 spelling MaxMind's tree aliases,
+    and random IPv6: region and prefix length as maxminddb's reader gives them, by every lookup path."""
+    db, reader, ids = oracle
+    rng = random.Random(13)
+    v4 = [rng.getrandbits(32) for _ in range(10_000)]
+    for code in ("UA-43", "UA-40", "UA-30"):
+        v4 += _networks_of(reader, db, "UA", code, limit=50)
+    probes = [ipaddress.IPv4Address(a) for a in v4]
+    probes += [ipv4_spelling(a, kind, rng.getrandbits(96)) for a in v4 for kind in IPV4_SPELLINGS]
+    probes += [ipaddress.IPv6Address(rng.getrandbits(128)) for _ in range(10_000)]
+    probes += [
+        ipaddress.IPv6Address((rng.choice([0x2001, 0x2002, 0x2A02]) << 112) | rng.getrandbits(112))
+        for _ in range(10_000)
+    ]
+    assert set(db.ipv4_aliases) >= {"::/96", "::ffff:0:0/96", "2001::/32", "2002::/16"}
+    texts = [str(a) for a in probes]
+    regions = db.lookup_many(texts)
+    packed6 = b"".join(a.packed for a in probes if a.version == 6)
+    leaves6 = iter(db.leaves_v6(packed6))
+    want_ids = array("H")
+    spelled = 0
+    for address, region in zip(probes, regions, strict=True):
+        record, prefix = reader.get_with_prefix_len(address)
+        want = expected_region(record)
+        assert (region and (region.country, region.subdivision)) == want, address
+        if region is not None:
+            assert region.network == maxminddb_network(address, prefix), address
+            spelled += address.version == 6 and int(address) >> 112 in (0, 0x2001, 0x2002)
+        if address.version == 6:
+            leaf = next(leaves6)
+            assert leaf == (0 if want is None else ids[want] | (int(region.network.split("/")[1]) << 16)), address
+        want_ids.append(0 if want is None else ids[want])
+    assert spelled > 4 * 5000  # most random IPv4 addresses have a record, and so do their spellings
+    assert db.region_ids(texts) == want_ids
+    assert db.region_ids(probes) == want_ids
+    assert [db.region_ids_v6(packed6)] == [
+        array("H", [i for a, i in zip(probes, want_ids, strict=True) if a.version == 6])
+    ]
+    sample = rng.sample(range(len(probes)), 3000)
+    assert [db.lookup(probes[k]) for k in sample] == [regions[k] for k in sample]
+    crimea = _networks_of(reader, db, "UA", "UA-43", limit=20)
+    for kind in IPV4_SPELLINGS:  # each spelling of a Crimean address is in Crimea, as it is to maxminddb above
+        spellings = [ipv4_spelling(a, kind, rng.getrandbits(96)) for a in crimea]
+        assert {(r.country, r.subdivision) for r in db.lookup_many(spellings)} == {("UA", "UA-43")}, kind

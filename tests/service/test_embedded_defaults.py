@@ -7,6 +7,12 @@ import subprocess
 import sys
 import time
 
+from regionlock.core.geo import GeoDatabase
+from regionlock.service.embedded import prepare_embedded_data
+from regionlock.service.settings import Settings
+from regionlock.service.snapshot import load_data
+
+from fixtures_geo import as_built_before_aliases
 from fixtures_service import ServerProcess, free_port, regionlock_command, stop_server_process, wait_for_health
 
 
@@ -89,3 +95,18 @@ def test_first_start_builds_and_second_start_reuses(tmp_path):
         assert len(_examples(second)) == len(_examples(first))  # the same data, so the same examples
     finally:
         assert stop_server_process(ServerProcess(process, check, admin, tmp_path / "second.log")) == 0
+
+
+def test_demo_geo_data_from_before_ipv4_aliases_is_rebuilt(tmp_path, caplog):
+    """A data directory from an older release: its geo database would let 2002:565:d001::1 (Crimea) through."""
+    settings = Settings(data_dir=tmp_path, demo_serials=1000)
+    prepare_embedded_data(settings)
+    as_built_before_aliases(settings.geo_path)
+    assert GeoDatabase.open(settings.geo_path).lookup("2002:565:d001::1") is None
+    load_data(settings)
+    assert "built before IPv4 aliases" in caplog.text
+    prepare_embedded_data(settings)
+    assert GeoDatabase.open(settings.geo_path).lookup("2002:565:d001::1").subdivision == "UA-43"
+    caplog.clear()
+    load_data(settings)
+    assert "built before IPv4 aliases" not in caplog.text
