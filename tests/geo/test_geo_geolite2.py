@@ -177,7 +177,7 @@ def test_codes_not_in_current_iso_are_kept_and_counted(oracle, geolite2_mmdb_pat
     """The 2018 file carries subdivision codes ISO 3166-2 has since withdrawn, and XK: kept (the tests above
     check every network against maxminddb), and counted in the header, as maxminddb and pycountry say."""
     db, reader, _ = oracle
-    v4s, _, v4o, hi, lo, _, v6o = _walk(geolite2_mmdb_path)
+    v4s, _, v4o, hi, lo, _, v6o, _ = _walk(geolite2_mmdb_path)
     one_address: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}  # per distinct record
     for start, offset in zip(v4s, v4o, strict=True):
         one_address.setdefault(offset, ipaddress.IPv4Address(start))
