@@ -165,7 +165,12 @@ def test_explain_names_what_matched(worlds):
     assert (
         _step(world, "CN-0001", IP_BERLIN) == "gray import: market CN does not cover DE-BE; actions.gray_import = block"
     )
-    assert _step(world, "US-0001", IP_BERLIN) == (
+    assert (
+        _step(world, "US-0001", IP_BERLIN) == "gray import: market US does not cover DE-BE; actions.gray_import = block"
+    )
+    # a server refuses a policy that leaves an allowlist market undefined; decide() still words it right
+    no_us = replace(world, policy=parse_policy('[markets]\nEEA = ["DE"]\n[actions]\ngray_import = "block"'))
+    assert _step(no_us, "US-0001", IP_BERLIN) == (
         "gray import: market US is not defined in the policy and covers nothing; actions.gray_import = block"
     )
     germany = replace(world, policy=parse_policy('[[restricted]]\nid = "de"\nregions = ["DE"]'))
