@@ -7,29 +7,14 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
+from regionlock.core.trie cimport RL_MAX_OFFSET, RL_PTR, RL_STRIDE, RL_V6_DIRECT_BITS, rl_bits6, rl_node
+
 from array import array
 
 from regionlock.core.errors import BuildError
 
-# The payload layout these painters produce is documented in geo.pyx (the reader); the constants agree with it.
-cdef extern from *:
-    """
-    #define RL_PTR 0x80000000u
-    #define RL_V6_DIRECT_BITS 16
-    #define RL_STRIDE 6
-    #define RL_MAX_OFFSET 124
-    typedef struct { uint64_t vector; uint64_t leafvec; uint32_t base0; uint32_t base1; } rl_node;
-    """
-    uint32_t RL_PTR
-    int RL_V6_DIRECT_BITS
-    int RL_STRIDE
-    int RL_MAX_OFFSET
-    ctypedef struct rl_node:
-        uint64_t vector
-        uint64_t leafvec
-        uint32_t base0
-        uint32_t base1
-
+# The payload layout these painters produce is documented in geo.pyx (the reader); the node layout and walk
+# constants both use are trie.h's.
 cdef size_t NOT_FOUND = <size_t>-1
 
 
@@ -523,18 +508,6 @@ cdef class V4Painter:
             PyMem_Free(out.data)
 
 
-cdef inline uint32_t bits6(uint64_t hi, uint64_t lo, int offset) noexcept nogil:
-    """The 6 bits of a 128-bit address starting at bit `offset` (0 = most significant), zero-padded."""
-    if offset <= 58:
-        return <uint32_t>(hi >> (58 - offset)) & 63
-    if offset >= 64:
-        offset -= 64
-        if offset <= 58:
-            return <uint32_t>(lo >> (58 - offset)) & 63
-        return <uint32_t>(lo << (offset - 58)) & 63
-    return <uint32_t>((hi << (offset - 58)) | (lo >> (122 - offset))) & 63
-
-
 cdef class V6Painter:
     """A 16-bit direct table over 6-bit-stride nodes being painted; `finish` compresses it into a Poptrie."""
 
@@ -588,13 +561,13 @@ cdef class V6Painter:
         child = self.direct[hi >> 48] & ~RL_PTR
         offset = 16
         while prefix > offset + 6:
-            slot_index = <size_t>child * 64 + bits6(hi, lo, offset)
+            slot_index = <size_t>child * 64 + rl_bits6(hi, lo, offset)
             if not (<uint32_t*>self.nodes.data)[slot_index] & RL_PTR:
                 child = self.new_node((<uint32_t*>self.nodes.data)[slot_index])
                 (<uint32_t*>self.nodes.data)[slot_index] = RL_PTR | child  # re-read: new_node may move data
             child = (<uint32_t*>self.nodes.data)[slot_index] & ~RL_PTR
             offset += 6
-        first = bits6(hi, lo, offset)
+        first = rl_bits6(hi, lo, offset)
         count = (<uint32_t>1) << (offset + 6 - prefix)
         for j in range(first, first + count):
             self.fill(self.node(child) + j, value)
