@@ -23,7 +23,12 @@ from cpython.unicode cimport PyUnicode_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy, memset
 
+from regionlock.core.geo_walk cimport (
+    RL_MAX_ALIASES, rl_addr, rl_alias, rl_have_hw_popcount, rl_leaf4, rl_leaf6, rl_mask_network, rl_packed6_to_addr,
+    rl_tables, rl_walk_fn, rl_walk_hw, rl_walk_sw,
+)
 from regionlock.core.release_gil cimport RELEASE_GIL_MIN_ITEMS
+from regionlock.core.trie cimport rl_node
 
 import array
 import ipaddress
@@ -36,232 +41,6 @@ from regionlock.core.geo_aliases import parse_aliases
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
-
-cdef extern from *:
-    """
-    #define RL_PTR 0x80000000u
-    #define RL_LANES 16
-    #define RL_MAX_ALIASES 16
-    typedef struct { uint64_t vector; uint64_t leafvec; uint32_t base0; uint32_t base1; } rl_node;
-    typedef struct { int v6; uint64_t hi; uint64_t lo; } rl_addr;  /* IPv4: lo, with hi == 0 */
-    /* An IPv6 alias of the IPv4 space: (hi, lo) & (mhi, mlo) == (hi, lo) inside it; the IPv4 address is the 32
-       bits after its first len bits. */
-    typedef struct { uint64_t hi; uint64_t lo; uint64_t mhi; uint64_t mlo; int len; } rl_alias;
-    typedef struct {
-        const uint32_t* tbl24; const uint32_t* tbl8; uint32_t ngroups;
-        const uint32_t* direct; const rl_node* nodes; uint32_t nnodes; const uint32_t* leaves; uint32_t nleaves;
-        const rl_alias* aliases; uint32_t naliases;
-        const uint64_t* alias_top;  /* 65536 bits: bit v set if an alias holds addresses whose top 16 bits are v */
-    } rl_tables;
-
-    static inline unsigned rl_popcount(uint64_t x) {
-        x = x - ((x >> 1) & 0x5555555555555555ULL);
-        x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
-        x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
-        return (unsigned)((x * 0x0101010101010101ULL) >> 56);
-    }
-    static inline uint32_t rl_bits6(uint64_t hi, uint64_t lo, int offset) {
-        if (offset <= 58) return (uint32_t)(hi >> (58 - offset)) & 63;
-        if (offset >= 64) {
-            offset -= 64;
-            if (offset <= 58) return (uint32_t)(lo >> (58 - offset)) & 63;
-            return (uint32_t)(lo << (offset - 58)) & 63;
-        }
-        return (uint32_t)((hi << (offset - 58)) | (lo >> (122 - offset))) & 63;
-    }
-    static inline uint32_t rl_leaf4(const rl_tables* t, uint32_t a) {
-        uint32_t e = t->tbl24[a >> 8];
-        if (e & RL_PTR) {
-            e &= ~RL_PTR;
-            if (e >= t->ngroups) return 0;
-            e = t->tbl8[((size_t)e << 8) | (a & 255)];
-            if (e & RL_PTR) return 0;
-        }
-        return e;
-    }
-    /* The 32 bits of an address after its first len bits (0 <= len <= 96). */
-    static inline uint32_t rl_bits32(uint64_t hi, uint64_t lo, int len) {
-        if (len <= 32) return (uint32_t)(hi >> (32 - len));
-        if (len < 64) return (uint32_t)((hi << (len - 32)) | (lo >> (96 - len)));
-        return (uint32_t)(lo >> (96 - len));
-    }
-    /* 1 with *out the leaf (prefix length in IPv6 bits) if an IPv6 address is in an alias of the IPv4 space,
-       else 0: one bit test for most addresses, then a compare or two per alias. */
-    static inline int rl_alias_leaf(const rl_tables* t, const rl_addr* a, uint32_t* out) {
-        uint32_t k, e, top = (uint32_t)(a->hi >> 48);
-        const rl_alias* al;
-        if (!((t->alias_top[top >> 6] >> (top & 63)) & 1)) return 0;
-        for (k = 0; k < t->naliases; k++) {
-            al = &t->aliases[k];
-            if (((a->hi & al->mhi) == al->hi) & ((a->lo & al->mlo) == al->lo)) {
-                e = rl_leaf4(t, rl_bits32(a->hi, a->lo, al->len));
-                *out = e ? e + ((uint32_t)al->len << 16) : 0;
-                return 1;
-            }
-        }
-        return 0;
-    }
-    /* One step of an IPv6 walk at node *index: 1 = went down a level, 0 = done with *out set. */
-    static inline __attribute__((always_inline)) int rl_step6(
-            const rl_tables* t, const rl_addr* a, uint32_t* index, int* offset, uint32_t* out, const int hw) {
-        const rl_node* node;
-        uint64_t bit, below;
-        unsigned count;
-        uint32_t li;
-        if (*index >= t->nnodes || *offset > 124) { *out = 0; return 0; }
-        node = &t->nodes[*index];
-        bit = (uint64_t)1 << rl_bits6(a->hi, a->lo, *offset);
-        below = bit | (bit - 1);
-        if (node->vector & bit) {
-            count = hw ? (unsigned)__builtin_popcountll(node->vector & below) : rl_popcount(node->vector & below);
-            *index = node->base1 + count - 1;
-            *offset += 6;
-            return 1;
-        }
-        count = hw ? (unsigned)__builtin_popcountll(node->leafvec & below) : rl_popcount(node->leafvec & below);
-        li = node->base0 + count - 1;
-        *out = (count && li < t->nleaves) ? t->leaves[li] : 0;
-        return 0;
-    }
-    static inline uint32_t rl_leaf6(const rl_tables* t, const rl_addr* a) {
-        uint32_t e, index, out;
-        int offset = 16;
-        if (rl_alias_leaf(t, a, &out)) return out;
-        e = t->direct[a->hi >> 48];
-        if (!(e & RL_PTR)) return e;
-        index = e & ~RL_PTR;
-        while (rl_step6(t, a, &index, &offset, &out, 0)) {}
-        return out;
-    }
-    /* The batch walk's lanes: per in-flight IPv6 lookup, the address bits not yet used (hi:lo shifted left, the
-       next 6-bit chunk on top), the node index, the steps left before the depth limit, and the input position. */
-    typedef struct {
-        uint64_t hi[RL_LANES]; uint64_t lo[RL_LANES]; uint32_t index[RL_LANES]; int left[RL_LANES];
-        Py_ssize_t pos[RL_LANES];
-    } rl_lanes;
-    /* Start the walk of the next IPv6 address of a[*i..n) in lane k (finishing IPv4, alias and direct-table
-       hits on the way): 1 if one was started, 0 at the end of the input. The lane's first node is prefetched. */
-    static inline __attribute__((always_inline)) int rl_take6(
-            const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n, Py_ssize_t* i, rl_lanes* s, int k) {
-        uint32_t e;
-        Py_ssize_t j;
-        for (j = *i; j < n; j++) {
-            if (!a[j].v6) { out[j] = rl_leaf4(t, (uint32_t)a[j].lo); continue; }
-            if (rl_alias_leaf(t, &a[j], &out[j])) continue;
-            e = t->direct[a[j].hi >> 48];
-            if (!(e & RL_PTR)) { out[j] = e; continue; }
-            s->index[k] = e & ~RL_PTR;
-            s->hi[k] = (a[j].hi << 16) | (a[j].lo >> 48);
-            s->lo[k] = a[j].lo << 16;
-            s->left[k] = 19;  /* nodes at bit offsets 16, 22, ..., 124: as rl_leaf6 */
-            s->pos[k] = j;
-            *i = j + 1;
-            __builtin_prefetch(&t->nodes[s->index[k]]);
-            return 1;
-        }
-        *i = n;
-        return 0;
-    }
-    /* out[i] = the leaf of a[i], as rl_leaf6 and rl_leaf4 give it. IPv6 walks run interleaved in lanes so that
-       their memory reads overlap: each step prefetches the lane's next node, and a finished lane at once takes
-       the next address. */
-    static inline __attribute__((always_inline)) void rl_walk_body(
-            const rl_tables* tables, const rl_addr* a, uint32_t* out, Py_ssize_t n, const int hw) {
-        const rl_tables copy = *tables;  /* a local copy: the stores to out can't alias it */
-        const rl_tables* t = &copy;
-        rl_lanes s;
-        Py_ssize_t i = 0;
-        int k, active = 0;
-        const rl_node* node;
-        uint64_t x, below;
-        unsigned v, count;
-        uint32_t index, li;
-        while (active < RL_LANES && rl_take6(t, a, out, n, &i, &s, active))
-            active++;
-        while (active) {
-            for (k = 0; k < active;) {
-                index = s.index[k];
-                if (__builtin_expect(index >= t->nnodes || s.left[k] == 0, 0)) {
-                    out[s.pos[k]] = 0;
-                } else {
-                    node = &t->nodes[index];
-                    v = (unsigned)(s.hi[k] >> 58);
-                    below = ~(uint64_t)0 >> (63 - v);  /* bits 0..v */
-                    x = node->vector & below;
-                    if (node->vector >> v & 1) {
-                        count = hw ? (unsigned)__builtin_popcountll(x) : rl_popcount(x);
-                        s.index[k] = node->base1 + count - 1;
-                        s.hi[k] = (s.hi[k] << 6) | (s.lo[k] >> 58);
-                        s.lo[k] <<= 6;
-                        s.left[k]--;
-                        __builtin_prefetch(&t->nodes[s.index[k]]);
-                        k++;
-                        continue;
-                    }
-                    x = node->leafvec & below;
-                    count = hw ? (unsigned)__builtin_popcountll(x) : rl_popcount(x);
-                    li = node->base0 + count - 1;
-                    out[s.pos[k]] = (count && li < t->nleaves) ? t->leaves[li] : 0;
-                }
-                if (rl_take6(t, a, out, n, &i, &s, k)) { k++; continue; }
-                active--;  /* no more input: the last active lane takes this one's place */
-                s.hi[k] = s.hi[active]; s.lo[k] = s.lo[active]; s.index[k] = s.index[active];
-                s.left[k] = s.left[active]; s.pos[k] = s.pos[active];
-            }
-        }
-    }
-    static void rl_walk_sw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) {
-        rl_walk_body(t, a, out, n, 0);
-    }
-    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    __attribute__((target("popcnt"))) static void rl_walk_hw(
-            const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) {
-        rl_walk_body(t, a, out, n, 1);
-    }
-    static int rl_have_hw_popcount(void) { __builtin_cpu_init(); return __builtin_cpu_supports("popcnt"); }
-    #else
-    static void rl_walk_hw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) {
-        rl_walk_body(t, a, out, n, 1);
-    }
-    static int rl_have_hw_popcount(void) { return 1; }
-    #endif
-    typedef void (*rl_walk_fn)(const rl_tables*, const rl_addr*, uint32_t*, Py_ssize_t);
-    """
-    uint32_t RL_PTR
-    int RL_MAX_ALIASES
-    ctypedef struct rl_node:
-        uint64_t vector
-        uint64_t leafvec
-        uint32_t base0
-        uint32_t base1
-    ctypedef struct rl_addr:
-        int v6
-        uint64_t hi
-        uint64_t lo
-    ctypedef struct rl_alias:
-        uint64_t hi
-        uint64_t lo
-        uint64_t mhi
-        uint64_t mlo
-        int len
-    ctypedef struct rl_tables:
-        const uint32_t* tbl24
-        const uint32_t* tbl8
-        uint32_t ngroups
-        const uint32_t* direct
-        const rl_node* nodes
-        uint32_t nnodes
-        const uint32_t* leaves
-        uint32_t nleaves
-        const rl_alias* aliases
-        uint32_t naliases
-        const uint64_t* alias_top
-    ctypedef void (*rl_walk_fn)(const rl_tables*, const rl_addr*, uint32_t*, Py_ssize_t) noexcept nogil
-    uint32_t rl_leaf4(const rl_tables* t, uint32_t a) noexcept nogil
-    uint32_t rl_leaf6(const rl_tables* t, const rl_addr* a) noexcept nogil
-    void rl_walk_sw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) noexcept nogil
-    void rl_walk_hw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) noexcept nogil
-    int rl_have_hw_popcount() noexcept nogil
 
 ctypedef rl_addr Addr
 
@@ -424,22 +203,6 @@ cdef inline int parse_text(const char* s, Py_ssize_t n, Addr* a) noexcept nogil:
     return 1
 
 
-cdef inline uint64_t load_be64(const uint8_t* p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v = (v << 8) | p[i]
-    return v
-
-
-cdef inline void packed6_to_addr(const uint8_t* p, Addr* a) noexcept nogil:
-    a.hi = load_be64(p)
-    a.lo = load_be64(p + 8)
-    a.v6 = not (a.hi == 0 and (a.lo >> 32) == 0xFFFF)
-    if not a.v6:
-        a.lo &= 0xFFFFFFFFUL
-
-
 cdef int parse_object(object ip, Addr* a) except -1:
     """Parse str, bytes (4 or 16), int (below 2**32: IPv4, else IPv6) or an ipaddress address into a."""
     cdef Py_ssize_t n
@@ -462,7 +225,7 @@ cdef int parse_object(object ip, Addr* a) except -1:
                    (<uint32_t>(<uint8_t>s[2]) << 8) | <uint8_t>s[3]
             return 0
         if n == 16:
-            packed6_to_addr(<const uint8_t*>s, a)
+            rl_packed6_to_addr(<const uint8_t*>s, a)
             return 0
         raise ValueError(f"invalid IP address: {ip!r} (packed addresses are 4 or 16 bytes)")
     if isinstance(ip, int):
@@ -474,7 +237,7 @@ cdef int parse_object(object ip, Addr* a) except -1:
             a.lo = <uint64_t>ip
             return 0
         packed = ip.to_bytes(16, "big")
-        packed6_to_addr(<const uint8_t*>PyBytes_AS_STRING(packed), a)
+        rl_packed6_to_addr(<const uint8_t*>PyBytes_AS_STRING(packed), a)
         return 0
     if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return parse_object(ip.packed, a)
@@ -566,23 +329,6 @@ cdef Py_ssize_t format_network_text(char* buf, bint v6, uint64_t hi, uint64_t lo
 cdef str format_network(bint v6, uint64_t hi, uint64_t lo, int prefix):
     cdef char buf[48]
     return PyUnicode_FromStringAndSize(buf, format_network_text(buf, v6, hi, lo, prefix))
-
-
-cdef inline int mask_network(const Addr* a, uint32_t leaf, uint64_t* hi, uint64_t* lo) noexcept nogil:
-    """The prefix length of a leaf's network (clamped to the address family), and the address masked to it."""
-    cdef int prefix = (leaf >> 16) & 0xFF
-    if a.v6:
-        if prefix > 128:
-            prefix = 128
-        hi[0] = a.hi & (0 if prefix == 0 else (~(<uint64_t>0)) << (64 - prefix) if prefix < 64 else ~(<uint64_t>0))
-        lo[0] = a.lo & (0 if prefix <= 64 else (~(<uint64_t>0)) << (128 - prefix) if prefix < 128
-                        else ~(<uint64_t>0))
-    else:
-        if prefix > 32:
-            prefix = 32
-        hi[0] = 0
-        lo[0] = a.lo & (0 if prefix == 0 else (0xFFFFFFFFUL << (32 - prefix)) & 0xFFFFFFFFUL)
-    return prefix
 
 
 @cython.final
@@ -794,7 +540,7 @@ cdef class GeoDatabase:
         r.country = self._countries[rid]
         r.subdivision = self._subdivisions[rid]
         r._v6 = a.v6
-        r._prefix = mask_network(a, leaf, &r._hi, &r._lo)
+        r._prefix = rl_mask_network(a, leaf, &r._hi, &r._lo)
         return r
 
     # --- the Python API ---
@@ -923,7 +669,7 @@ cdef class GeoDatabase:
             for i in range(0, n, 256):
                 m = min(256, n - i)
                 for j in range(m):
-                    packed6_to_addr(p + 16 * (i + j), &chunk[j])
+                    rl_packed6_to_addr(p + 16 * (i + j), &chunk[j])
                 self.leaves_many(chunk, leaves, m)
                 for j in range(m):
                     out[i + j] = <uint16_t>self.region_of(leaves[j])
@@ -953,7 +699,7 @@ cdef class GeoDatabase:
         cdef uint32_t[::1] out = result
         with nogil:
             for i in range(n):
-                packed6_to_addr(&raw[16 * i], &a)
+                rl_packed6_to_addr(&raw[16 * i], &a)
                 e = self.leaf(&a)
                 out[i] = e if self.region_of(e) else 0
         return result
@@ -1032,7 +778,7 @@ cdef void _hits_of_texts(GeoDatabase self, const char* const* texts, const Py_ss
         leaf = leaves[i]
         out[i].region = self.region_of(leaf)
         out[i].v6 = addrs[i].v6
-        out[i].prefix = mask_network(&addrs[i], leaf, &out[i].hi, &out[i].lo)
+        out[i].prefix = rl_mask_network(&addrs[i], leaf, &out[i].hi, &out[i].lo)
 
 
 cdef Py_ssize_t format_hit_network(const GeoHit* hit, char* buf) noexcept nogil:
