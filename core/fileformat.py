@@ -31,6 +31,7 @@ import mmap
 import os
 import re
 import struct
+import sys
 import tempfile
 import time
 import weakref
@@ -223,6 +224,13 @@ def share_loaded_files(directory: str | os.PathLike[str] | None) -> None:
     """
     global _share_dir
     _share_dir = None if directory is None or not hasattr(os, "memfd_create") else os.fspath(directory)
+
+
+def check_little_endian_host(kind: str) -> None:
+    """Refuse a big-endian host: the payloads of both formats are little-endian tables read in place, so such a
+    host would read every one wrong; OSError naming `kind` ("geo databases", "allowlists")."""
+    if sys.byteorder != "little":
+        raise OSError(f"regionlock {kind} are little-endian; this host is not")
 
 
 def load_data_file(
