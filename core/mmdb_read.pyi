@@ -1,4 +1,4 @@
-"""Type stub of the compiled build-time loops of the geo database (geo_compile.pyx)."""
+"""Type stub of regionlock.core.mmdb_read, the geo build's compiled MaxMind DB reading loops."""
 
 from array import array
 from collections.abc import Callable
@@ -26,19 +26,3 @@ class MMDBData:
         """The string at `path` (map keys as bytes, array indexes as ints) in the record at offset, or None."""
     def keys(self, offset: int) -> list[str]:
         """The keys of the map at offset; empty if the value is not a map."""
-
-class V4Painter:
-    """DIR-24-8 tables painted network by network."""
-
-    def __init__(self) -> None: ...
-    def paint(self, starts: Buffer, prefixes: Buffer, region_ids: Buffer) -> None: ...
-    def finish(self) -> tuple[bytes, bytes]:
-        """(tbl24, tbl8)."""
-
-class V6Painter:
-    """The IPv6 multibit trie painted network by network."""
-
-    def __init__(self) -> None: ...
-    def paint(self, high: Buffer, low: Buffer, prefixes: Buffer, region_ids: Buffer) -> None: ...
-    def finish(self) -> tuple[bytes, bytes, bytes]:
-        """(direct, nodes, leaves)."""
