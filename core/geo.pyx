@@ -27,7 +27,7 @@ from regionlock.core.geo_walk cimport (
 )
 from regionlock.core.ipaddr cimport format_network, format_network_text, parse_object, parse_text
 from regionlock.core.release_gil cimport RELEASE_GIL_MIN_ITEMS
-from regionlock.core.trie cimport rl_node
+from regionlock.core.trie cimport RL_LEAF_REGION_MASK, rl_node
 
 import array
 import ipaddress
@@ -254,7 +254,7 @@ cdef class GeoDatabase:
         return rl_leaf4(&self.t, <uint32_t>a.lo)
 
     cdef inline uint32_t region_of(self, uint32_t leaf) noexcept nogil:
-        leaf &= 0xFFFF
+        leaf &= RL_LEAF_REGION_MASK
         return leaf if leaf < self.nregions else 0
 
     cdef Region _region_at(self, Addr* a, uint32_t leaf):

@@ -7,7 +7,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 from regionlock.core.growbuf cimport rl_buf, rl_buf_push, rl_buf_reserve
-from regionlock.core.trie cimport RL_PTR, RL_STRIDE, RL_V6_DIRECT_BITS, rl_bits6, rl_node
+from regionlock.core.trie cimport RL_LEAF_PREFIX_SHIFT, RL_PTR, RL_STRIDE, RL_V6_DIRECT_BITS, rl_bits6, rl_node
 
 
 from regionlock.core.errors import BuildError
@@ -23,7 +23,7 @@ cdef object buf_bytes(rl_buf* b):
 # --- painters ---------------------------------------------------------------------------------------------------
 
 cdef inline uint32_t leaf_value(uint32_t region_id, uint32_t prefix) noexcept nogil:
-    return region_id | (prefix << 16)
+    return region_id | (prefix << RL_LEAF_PREFIX_SHIFT)
 
 
 cdef int check_prefixes(const uint8_t[::1] prefixes, uint8_t limit, Py_ssize_t n) except -1:

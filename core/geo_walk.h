@@ -38,7 +38,7 @@ static inline void rl_packed6_to_addr(const uint8_t* p, rl_addr* a) {
 }
 /* The prefix length of a leaf's network (clamped to the address family), and the address masked to it. */
 static inline int rl_mask_network(const rl_addr* a, uint32_t leaf, uint64_t* hi, uint64_t* lo) {
-    int prefix = (leaf >> 16) & 0xFF;
+    int prefix = (leaf >> RL_LEAF_PREFIX_SHIFT) & RL_LEAF_PREFIX_MASK;
     if (a->v6) {
         if (prefix > 128) prefix = 128;
         *hi = a->hi & (prefix == 0 ? 0 : prefix < 64 ? (~(uint64_t)0) << (64 - prefix) : ~(uint64_t)0);
@@ -82,7 +82,7 @@ static inline int rl_alias_leaf(const rl_tables* t, const rl_addr* a, uint32_t* 
         al = &t->aliases[k];
         if (((a->hi & al->mhi) == al->hi) & ((a->lo & al->mlo) == al->lo)) {
             e = rl_leaf4(t, rl_bits32(a->hi, a->lo, al->len));
-            *out = e ? e + ((uint32_t)al->len << 16) : 0;
+            *out = e ? e + ((uint32_t)al->len << RL_LEAF_PREFIX_SHIFT) : 0;
             return 1;
         }
     }

@@ -13,6 +13,11 @@
 #define RL_MAX_OFFSET 124
 #define RL_MAX_DEPTH ((RL_MAX_OFFSET - RL_V6_DIRECT_BITS) / RL_STRIDE + 1)
 
+/* A leaf is a region id (0: in no network) | the matched network's prefix length << RL_LEAF_PREFIX_SHIFT. */
+#define RL_LEAF_REGION_MASK 0xFFFFu
+#define RL_LEAF_PREFIX_SHIFT 16
+#define RL_LEAF_PREFIX_MASK 0xFFu
+
 /* A Poptrie node, 24 bytes in the file: child v is a node if bit v of vector is set, else a leaf. */
 typedef struct { uint64_t vector; uint64_t leafvec; uint32_t base0; uint32_t base1; } rl_node;
 

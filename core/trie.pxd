@@ -9,6 +9,9 @@ cdef extern from "trie.h" nogil:
     int RL_STRIDE
     int RL_MAX_OFFSET
     int RL_MAX_DEPTH
+    uint32_t RL_LEAF_REGION_MASK
+    int RL_LEAF_PREFIX_SHIFT
+    uint32_t RL_LEAF_PREFIX_MASK
     ctypedef struct rl_node:
         uint64_t vector
         uint64_t leafvec
