@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.regionlock-installed
-SOURCES := pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd core/*.py service/*.pyx proto/regionlock/*/*.proto proto/regionlock/*/*/*.proto)
+SOURCES := pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd core/*.h core/*.py service/*.pyx proto/regionlock/*/*.proto proto/regionlock/*/*/*.proto)
 export REGIONLOCK_REQUIRE_EXTENSION := 1
 
 .PHONY: run test lint pytest install bench clean

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import sys
 
 from setuptools import setup
@@ -74,20 +75,28 @@ def extensions():
         return []
     from setuptools import Extension
 
-    # service/*.pyx cimport regionlock.core.geo and .allowlist, but the source tree maps that package to core/:
-    # build/cython holds the core's .pxd files under their package path, for Cython's include path
-    cimport_tree = ROOT / "build" / "cython"
-    (cimport_tree / "regionlock" / "core").mkdir(parents=True, exist_ok=True)
+    # service/*.pyx cimport regionlock.core.geo and .allowlist, but the source tree maps that package to core/, so
+    # no directory here has the regionlock/core/ shape Cython's include path needs: build/include gets one, copied
+    # (not linked: a copy survives an sdist, a platform without symlinks and a renamed file) from core/ at every
+    # build, as numpy's get_include() tree is. The .h files go along for the C compiler, and ship in the package.
+    include_tree = ROOT / "build" / "include"
+    core_include = include_tree / "regionlock" / "core"
+    core_include.mkdir(parents=True, exist_ok=True)
     for package in ("regionlock", "regionlock/core"):
-        (cimport_tree / package / "__init__.pxd").touch()
-    for pxd in sorted((ROOT / "core").glob("*.pxd")):
-        link = cimport_tree / "regionlock" / "core" / pxd.name
-        link.unlink(missing_ok=True)
-        link.symlink_to(pxd)
+        (include_tree / package / "__init__.pxd").touch()
+    wanted = {p.name: p for p in (ROOT / "core").iterdir() if p.suffix in (".pxd", ".h")}
+    for stale in core_include.iterdir():
+        if stale.name != "__init__.pxd" and (stale.name not in wanted or stale.is_symlink()):
+            stale.unlink()
+    for name, source in sorted(wanted.items()):
+        target = core_include / name
+        if not target.exists() or target.read_bytes() != source.read_bytes():
+            shutil.copy2(source, target)  # copy2 keeps the mtime: Cython's dependency check stays true
     modules = [
         Extension(
             f"regionlock.{package}.{pyx.stem}",
             [str(pyx.relative_to(ROOT))],
+            include_dirs=[str(core_include)],
             extra_compile_args=["-O3"],
         )
         for package in ("core", "service")
@@ -97,7 +106,7 @@ def extensions():
         modules,
         language_level=3,
         compiler_directives={"embedsignature": True},
-        include_path=[str(cimport_tree)],
+        include_path=[str(include_tree)],
         quiet=True,
     )
 
@@ -120,7 +129,7 @@ setup(
         "regionlock.service.overrides": "service/overrides",
     },
     package_data={
-        "regionlock.core": ["*.pyi", "*.pyx", "*.pxd", "py.typed"],
+        "regionlock.core": ["*.pyi", "*.pyx", "*.pxd", "*.h", "py.typed"],
         "regionlock.service": ["*.toml", "*.pyi", "py.typed"],
         "regionlock.v1": ["*.pyi"],
         "regionlock.admin.v1": ["*.pyi"],

@@ -24,7 +24,7 @@ import maxminddb
 from benchmarks.common import DATA, RUNS, median_rate
 from regionlock.core.geo import GeoDatabase
 from regionlock.core.geo_build import build_geo_database
-from regionlock.core.geo_compile import walk_mmdb_tree
+from regionlock.core.mmdb_read import walk_mmdb_tree
 
 
 def rss_mib() -> float:

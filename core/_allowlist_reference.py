@@ -1,53 +1,31 @@
-"""The allowlist file format in pure Python: constants, codec, layout checks and a dict-backed reader.
+"""The allowlist reader's pure-Python twin: the serial codec and a dict-backed reader, slow and obvious.
 
-The compiled reader (allowlist.pyx) and the builder import the constants and `check_layout` from here;
-the codec and the reader are the slow, obvious twins that differential tests compare the fast paths with.
-
-Payload layout (all integers little-endian, sections 8-byte aligned, offsets relative to the payload):
-
-    coarse     uint64[B / G + 1]  byte offset in `records` of the first record of each group of G = 2**group_bits
-                                  buckets; the last entry is the records' length
-    fine       uint16[B]       offset of bucket b's first record from its group's start (zero-padded to 8)
-    samples    uint64[ceil(n / 64)]  byte offset of record 64 * k, for entry(i) in O(64)
-
-Bucket b spans records[coarse[g] + fine[b] : end], g = b >> group_bits, end = coarse[g] + fine[b + 1] inside the
-group and coarse[g + 1] for its last bucket. The coarse table is small enough to stay in the CPU cache, the fine
-one a quarter of a plain uint64 directory: a lookup reads about one cache line of directory and one of records.
-    records    bytes            the records, sorted by (hash, length, packed serial), zero-padded to 8
-
-A record is a uint16 header `(length - 1) << 11 | market_id` followed by the packed serial: the serial's
-characters as base-40 digits, three per little-endian uint16 (`c0 * 1600 + c1 * 40 + c2`, zero-padded), so
-2 * ceil(length / 3) bytes: 16 bytes in all for a 20-character serial. A serial's hash is `serial_hash` of its
-packed form; its bucket is the top `bucket_bits` bits of the hash; lookups scan the bucket's records.
+Differential tests compare the compiled reader (allowlist.pyx) and its C codec with these; the format itself,
+its constants and header checks, is allowlist_format.py's.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import struct
 from typing import Any
 
+from regionlock.core.allowlist_format import (
+    ALPHABET,
+    FORMAT_VERSION,
+    MAGIC,
+    check_layout,
+    info_dict,
+    packed_size,
+    record_length,
+    record_market,
+)
 from regionlock.core.errors import CorruptFileError
 from regionlock.core.fileformat import FileHeader, load_data_file
-from regionlock.core.serials import MARKET_MAX_LENGTH, SERIAL_MAX_LENGTH, normalize_market, normalize_serial
+from regionlock.core.serials import normalize_serial
 
-MAGIC = b"RLALLOW\0"
-FORMAT_VERSION = 1
-HASH_NAME = "rl-b40-fmix64-v1"
-SAMPLE_STRIDE = 64
-MAX_MARKETS = 2048
-MAX_BUCKET_BITS = 40
-GROUP_BITS = 6
-PACKED_MAX = 22  # bytes of a packed 32-character serial
-ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-./_"
 _CODE = {c: i for i, c in enumerate(ALPHABET)}
 _M64 = (1 << 64) - 1
-
-
-def packed_size(length: int) -> int:
-    """Bytes of the packed form of a serial of `length` characters."""
-    return 2 * ((length + 2) // 3)
 
 
 def pack_serial(serial: str) -> bytes:
@@ -85,79 +63,6 @@ def serial_hash(serial: str) -> int:
     return h
 
 
-def bucket_bits_for(count: int) -> int:
-    """Buckets for `count` records: the largest power of two <= count / 2 (2 to 4 records per bucket)."""
-    return max(0, (count // 2).bit_length() - 1)
-
-
-def check_layout(header: FileHeader, name: str) -> dict[str, Any]:
-    """Validate the metadata's layout against the payload size (constant time); return the parsed fields."""
-    meta = header.metadata
-
-    def fail(what: str) -> CorruptFileError:
-        return CorruptFileError(f"{name}: corrupt allowlist metadata: {what}")
-
-    def integer(key: str) -> int:
-        value = meta.get(key)
-        if type(value) is not int or value < 0:
-            raise fail(f"{key} is not a non-negative integer")
-        return value
-
-    def section(key: str) -> tuple[int, int]:
-        value = meta.get(key)
-        if (
-            not isinstance(value, list)
-            or len(value) != 2
-            or any(type(v) is not int or v < 0 for v in value)
-            or value[0] % 8
-            or value[0] + value[1] > header.payload_length
-        ):
-            raise fail(f"{key} section is out of bounds")
-        return value[0], value[1]
-
-    if meta.get("hash") != HASH_NAME or meta.get("sample_stride") != SAMPLE_STRIDE:
-        raise fail("unknown hash or sample stride")
-    count = integer("count")
-    bits = integer("bucket_bits")
-    if bits > MAX_BUCKET_BITS:
-        raise fail("bucket_bits too large")
-    markets = meta.get("markets")
-    if not isinstance(markets, list) or len(markets) > MAX_MARKETS:
-        raise fail("markets is not a list of at most 2048 markets")
-    for market in markets:
-        try:
-            if not isinstance(market, str) or normalize_market(market) != market:
-                raise ValueError
-        except ValueError:
-            raise fail(f"bad market {market!r}") from None
-    gbits = integer("group_bits")
-    if gbits > bits:
-        raise fail("group_bits larger than bucket_bits")
-    coarse_off, coarse_len = section("coarse")
-    fine_off, fine_len = section("fine")
-    smp_off, smp_len = section("samples")
-    rec_off, rec_len = section("records")
-    if coarse_len != ((1 << (bits - gbits)) + 1) * 8 or fine_len != (2 * (1 << bits) + 7) // 8 * 8:
-        raise fail("directory length does not match bucket_bits")
-    if smp_len != (count + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE * 8:
-        raise fail("samples length does not match count")
-    if count * 4 > rec_len or (count == 0 and rec_len != 0) or rec_len > count * (2 + PACKED_MAX):
-        raise fail("records length does not match count")
-    spans = sorted([(coarse_off, coarse_len), (fine_off, fine_len), (smp_off, smp_len), (rec_off, rec_len)])
-    if any(a + alen > b for (a, alen), (b, _) in itertools.pairwise(spans)):
-        raise fail("sections overlap")
-    return {
-        "count": count,
-        "bucket_bits": bits,
-        "group_bits": gbits,
-        "markets": list(markets),
-        "coarse": (coarse_off, coarse_len),
-        "fine": (fine_off, fine_len),
-        "samples": (smp_off, smp_len),
-        "records": (rec_off, rec_len),
-    }
-
-
 def decode_records(records: bytes | memoryview, markets: list[str], name: str) -> list[tuple[str, str]]:
     """All (serial, market) records of a records section, in file order."""
     out = []
@@ -166,9 +71,9 @@ def decode_records(records: bytes | memoryview, markets: list[str], name: str) -
         if pos + 2 > len(records):
             raise CorruptFileError(f"{name}: corrupt: record header out of bounds")
         (hdr,) = struct.unpack_from("<H", records, pos)
-        length = (hdr >> 11) + 1
+        length = record_length(hdr)
         size = packed_size(length)
-        market_id = hdr & 0x7FF
+        market_id = record_market(hdr)
         if pos + 2 + size > len(records) or market_id >= len(markets):
             raise CorruptFileError(f"{name}: corrupt: record out of bounds")
         out.append((unpack_serial(bytes(records[pos + 2 : pos + 2 + size]), length), markets[market_id]))
@@ -254,28 +159,3 @@ class Allowlist:
     @property
     def info(self) -> dict[str, Any]:
         return info_dict(self.path, self._header)
-
-
-def info_dict(path: str, header: FileHeader) -> dict[str, Any]:
-    """The header of an allowlist file as a JSON-ready dict (what `regionlock allowlist info` prints)."""
-    return {
-        "path": path,
-        "magic": header.magic.rstrip(b"\0").decode("ascii", "replace"),
-        "format_version": header.version,
-        "build_id": header.build_id,
-        "payload_bytes": header.payload_length,
-        "payload_sha256": header.payload_sha256.hex(),
-        **header.metadata,
-    }
-
-
-__all__ = [
-    "FORMAT_VERSION",
-    "MAGIC",
-    "MARKET_MAX_LENGTH",
-    "SERIAL_MAX_LENGTH",
-    "Allowlist",
-    "check_layout",
-    "pack_serial",
-    "serial_hash",
-]

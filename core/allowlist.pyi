@@ -1,13 +1,11 @@
-"""Type stubs for the compiled allowlist reader and the builder kernels in allowlist.pyx."""
+"""Type stub of regionlock.core.allowlist, the compiled allowlist reader."""
 
 import array
 import os
 from collections.abc import Iterable
-from typing import Any, BinaryIO
+from typing import Any
 
 from regionlock.core.fileformat import FileHeader
-
-REC_SIZE: int
 
 class Allowlist:
     """A read-only allowlist, its file read once into private memory: serial -> market."""
@@ -30,34 +28,4 @@ class Allowlist:
     @property
     def info(self) -> dict[str, Any]: ...
 
-class RunBuffer:
-    capacity: int
-    size: int
-    rows: int
-    lines: int
-    markets: list[str]
-    market_ids: dict[str, int]
-    def __init__(self, capacity: int) -> None: ...
-    def clear(self) -> None: ...
-    def market_id(self, market: str) -> int: ...
-    def add(self, serial: str, market: str) -> None: ...
-    def parse(self, data: bytes, start: int, serial_col: int, market_col: int, ncols: int) -> tuple[int, int]: ...
-    def count_line(self, stored: bool) -> None: ...
-    def sort_dedup(self) -> tuple[int, list[tuple[str, str, str]]]: ...
-    def write_to(self, f: BinaryIO) -> None: ...
-
-class Merger:
-    count: int
-    duplicates: int
-    records_len: int
-    conflicts: list[tuple[str, str, str]]
-    samples: array.array[int]
-    market_counts: list[int]
-    def __init__(
-        self, runs: list[tuple[BinaryIO, int, list[str]]], markets: list[str], fine_bits: int, buf_bytes: int
-    ) -> None: ...
-    def run(self, records_out: BinaryIO, dir_out: BinaryIO, out_bytes: int = ...) -> None: ...
-
-def split_directory(offsets: memoryview, gbits: int) -> tuple[array.array[int], bytearray] | None: ...
-def demo_rows(seed: int, start: int, count: int) -> bytearray: ...
 def _check_codec(serial: str) -> tuple[bytes, int]: ...

@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from regionlock.core import _allowlist_reference as ref
-from regionlock.core.allowlist import REC_SIZE, Merger, RunBuffer, demo_rows, split_directory
+from regionlock.core import allowlist_format as fmt
+from regionlock.core.allowlist_demo_rows import demo_rows
+from regionlock.core.allowlist_sort import REC_SIZE, Merger, RunBuffer, split_directory
 from regionlock.core.errors import BuildError
 from regionlock.core.fileformat import FileHeader, build_time, source_info, write_data_file
 from regionlock.core.serials import normalize_market, normalize_serial
@@ -309,7 +310,7 @@ def _split_directory(tmpdir: str, step: int, bits: int, records_len: int) -> tup
     with open(final, "wb") as f:
         for data in _coarse_directory(os.path.join(tmpdir, "dir.bin"), step):
             f.write(data)
-    for gbits in range(min(ref.GROUP_BITS, bits), -1, -1):
+    for gbits in range(min(fmt.GROUP_BITS, bits), -1, -1):
         coarse = array.array("Q")
         with open(os.path.join(tmpdir, "fine.bin"), "wb") as fine_out:
             for data in _read_file(final, 8 * 65536, end=8 * buckets):
@@ -375,17 +376,17 @@ def _build(
             raise _conflict_error(job.conflicts)
         rows_read = sum(b.rows for b in job.buffers) + job.error_count
         markets = sorted({m for b in job.buffers for m in b.markets})
-        if len(markets) > ref.MAX_MARKETS:
-            raise BuildError(f"{len(markets)} distinct markets, at most {ref.MAX_MARKETS} are supported")
+        if len(markets) > fmt.MAX_MARKETS:
+            raise BuildError(f"{len(markets)} distinct markets, at most {fmt.MAX_MARKETS} are supported")
         skipped = _error_text(job) if skip_invalid else []
         worker_markets = [list(b.markets) for b in job.buffers]
         del job.buffers[:]  # free the sort buffers before merging
-        fine_bits = ref.bucket_bits_for(sum(r[1] for r in job.runs))
+        fine_bits = fmt.bucket_bits_for(sum(r[1] for r in job.runs))
         merger = _merge(job, worker_markets, markets, fine_bits, progress, started)
         if merger.conflicts:
             raise _conflict_error(merger.conflicts)
         count = merger.count
-        bits = ref.bucket_bits_for(count)
+        bits = fmt.bucket_bits_for(count)
         samples = merger.samples
         gbits, coarse = _split_directory(tmpdir, 1 << (fine_bits - bits), bits, merger.records_len)
         coarse_len = len(coarse) * 8
@@ -402,8 +403,8 @@ def _build(
             "duplicates": rows_read - job.error_count - count,
             "markets": markets,
             "market_counts": dict(zip(markets, merger.market_counts, strict=True)),
-            "hash": ref.HASH_NAME,
-            "sample_stride": ref.SAMPLE_STRIDE,
+            "hash": fmt.HASH_NAME,
+            "sample_stride": fmt.SAMPLE_STRIDE,
             "bucket_bits": bits,
             "group_bits": gbits,
             "coarse": [0, coarse_len],
@@ -422,7 +423,7 @@ def _build(
                     progress(rows_read, rows_read / max(time.monotonic() - started, 1e-9), "writing")
                 yield data
 
-        header = write_data_file(output, ref.MAGIC, ref.FORMAT_VERSION, metadata, chunks())
+        header = write_data_file(output, fmt.MAGIC, fmt.FORMAT_VERSION, metadata, chunks())
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return BuildReport(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from regionlock.core.allowlist import demo_rows
 from regionlock.core.allowlist_build import DEFAULT_MEMORY, BuildReport, Progress, build_demo_allowlist
+from regionlock.core.allowlist_demo_rows import demo_rows
 from regionlock.core.fileformat import atomic_output
 
 DEMO_MARKETS = ("EEA", "GLOBAL", "CN", "IN", "US", "RU")

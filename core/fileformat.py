@@ -31,6 +31,7 @@ import mmap
 import os
 import re
 import struct
+import sys
 import tempfile
 import time
 import weakref
@@ -42,6 +43,8 @@ from typing import Any, BinaryIO
 from regionlock.core.errors import CorruptFileError, FormatVersionError
 
 PREAMBLE = struct.Struct("<8sIIIIQQ32s")
+# The header CRC covers the preamble after magic (8 bytes), version (4) and the CRC itself (4), then the metadata
+CRC_COVERS_FROM = 16
 PAYLOAD_ALIGN = 4096
 MAX_METADATA_BYTES = 64 << 20
 MAX_METADATA_DEPTH = 32  # our headers nest 4 deep; json.loads would recurse as deep as any file says
@@ -159,7 +162,7 @@ def write_data_file(
             f.write(chunk)
             length += len(chunk)
         sha = digest.digest()
-        after_crc = PREAMBLE.pack(magic, version, 0, len(metadata_json), 0, offset, length, sha)[16:]
+        after_crc = PREAMBLE.pack(magic, version, 0, len(metadata_json), 0, offset, length, sha)[CRC_COVERS_FROM:]
         crc = _header_crc(after_crc, metadata_json)
         f.seek(0)
         f.write(PREAMBLE.pack(magic, version, crc, len(metadata_json), 0, offset, length, sha))
@@ -183,7 +186,7 @@ def parse_header(buf: Any, magic: bytes, version: int, name: str) -> FileHeader:
     if meta_len > MAX_METADATA_BYTES or PREAMBLE.size + meta_len > size:
         raise CorruptFileError(f"{name}: truncated or corrupt: metadata length {meta_len} exceeds the file")
     metadata_json = bytes(buf[PREAMBLE.size : PREAMBLE.size + meta_len])
-    if _header_crc(bytes(buf[16 : PREAMBLE.size]), metadata_json) != crc:
+    if _header_crc(bytes(buf[CRC_COVERS_FROM : PREAMBLE.size]), metadata_json) != crc:
         raise CorruptFileError(f"{name}: corrupt: header checksum mismatch")
     if reserved != 0 or offset != _payload_offset(metadata_json):
         raise CorruptFileError(f"{name}: corrupt: bad payload offset {offset}")
@@ -223,6 +226,13 @@ def share_loaded_files(directory: str | os.PathLike[str] | None) -> None:
     """
     global _share_dir
     _share_dir = None if directory is None or not hasattr(os, "memfd_create") else os.fspath(directory)
+
+
+def check_little_endian_host(kind: str) -> None:
+    """Refuse a big-endian host: the payloads of both formats are little-endian tables read in place, so such a
+    host would read every one wrong; OSError naming `kind` ("geo databases", "allowlists")."""
+    if sys.byteorder != "little":
+        raise OSError(f"regionlock {kind} are little-endian; this host is not")
 
 
 def load_data_file(

@@ -17,251 +17,30 @@
 
 cimport cython
 from cpython cimport array as carray
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.unicode cimport PyUnicode_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memchr, memcpy, memset
+from libc.string cimport memcpy, memset
 
+from regionlock.core.geo_walk cimport (
+    RL_MAX_ALIASES, rl_addr, rl_alias, rl_have_hw_popcount, rl_leaf4, rl_leaf6, rl_mask_network, rl_packed6_to_addr,
+    rl_tables, rl_walk_fn, rl_walk_hw, rl_walk_sw,
+)
+from regionlock.core.ipaddr cimport format_network, format_network_text, parse_object, parse_text
 from regionlock.core.release_gil cimport RELEASE_GIL_MIN_ITEMS
+from regionlock.core.trie cimport RL_LEAF_REGION_MASK, rl_node
 
 import array
 import ipaddress
 import sys
 
 from regionlock.core.errors import CorruptFileError
-from regionlock.core.fileformat import load_data_file
+from regionlock.core.fileformat import check_little_endian_host, load_data_file
 from regionlock.core.geo_aliases import METADATA_KEY as ALIASES_KEY
 from regionlock.core.geo_aliases import parse_aliases
+from regionlock.core.ipaddr import parse_ip  # regionlock.core.geo.parse_ip, as before the split
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
-
-cdef extern from *:
-    """
-    #define RL_PTR 0x80000000u
-    #define RL_LANES 16
-    #define RL_MAX_ALIASES 16
-    typedef struct { uint64_t vector; uint64_t leafvec; uint32_t base0; uint32_t base1; } rl_node;
-    typedef struct { int v6; uint64_t hi; uint64_t lo; } rl_addr;  /* IPv4: lo, with hi == 0 */
-    /* An IPv6 alias of the IPv4 space: (hi, lo) & (mhi, mlo) == (hi, lo) inside it; the IPv4 address is the 32
-       bits after its first len bits. */
-    typedef struct { uint64_t hi; uint64_t lo; uint64_t mhi; uint64_t mlo; int len; } rl_alias;
-    typedef struct {
-        const uint32_t* tbl24; const uint32_t* tbl8; uint32_t ngroups;
-        const uint32_t* direct; const rl_node* nodes; uint32_t nnodes; const uint32_t* leaves; uint32_t nleaves;
-        const rl_alias* aliases; uint32_t naliases;
-        const uint64_t* alias_top;  /* 65536 bits: bit v set if an alias holds addresses whose top 16 bits are v */
-    } rl_tables;
-
-    static inline unsigned rl_popcount(uint64_t x) {
-        x = x - ((x >> 1) & 0x5555555555555555ULL);
-        x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
-        x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
-        return (unsigned)((x * 0x0101010101010101ULL) >> 56);
-    }
-    static inline uint32_t rl_bits6(uint64_t hi, uint64_t lo, int offset) {
-        if (offset <= 58) return (uint32_t)(hi >> (58 - offset)) & 63;
-        if (offset >= 64) {
-            offset -= 64;
-            if (offset <= 58) return (uint32_t)(lo >> (58 - offset)) & 63;
-            return (uint32_t)(lo << (offset - 58)) & 63;
-        }
-        return (uint32_t)((hi << (offset - 58)) | (lo >> (122 - offset))) & 63;
-    }
-    static inline uint32_t rl_leaf4(const rl_tables* t, uint32_t a) {
-        uint32_t e = t->tbl24[a >> 8];
-        if (e & RL_PTR) {
-            e &= ~RL_PTR;
-            if (e >= t->ngroups) return 0;
-            e = t->tbl8[((size_t)e << 8) | (a & 255)];
-            if (e & RL_PTR) return 0;
-        }
-        return e;
-    }
-    /* The 32 bits of an address after its first len bits (0 <= len <= 96). */
-    static inline uint32_t rl_bits32(uint64_t hi, uint64_t lo, int len) {
-        if (len <= 32) return (uint32_t)(hi >> (32 - len));
-        if (len < 64) return (uint32_t)((hi << (len - 32)) | (lo >> (96 - len)));
-        return (uint32_t)(lo >> (96 - len));
-    }
-    /* 1 with *out the leaf (prefix length in IPv6 bits) if an IPv6 address is in an alias of the IPv4 space,
-       else 0: one bit test for most addresses, then a compare or two per alias. */
-    static inline int rl_alias_leaf(const rl_tables* t, const rl_addr* a, uint32_t* out) {
-        uint32_t k, e, top = (uint32_t)(a->hi >> 48);
-        const rl_alias* al;
-        if (!((t->alias_top[top >> 6] >> (top & 63)) & 1)) return 0;
-        for (k = 0; k < t->naliases; k++) {
-            al = &t->aliases[k];
-            if (((a->hi & al->mhi) == al->hi) & ((a->lo & al->mlo) == al->lo)) {
-                e = rl_leaf4(t, rl_bits32(a->hi, a->lo, al->len));
-                *out = e ? e + ((uint32_t)al->len << 16) : 0;
-                return 1;
-            }
-        }
-        return 0;
-    }
-    /* One step of an IPv6 walk at node *index: 1 = went down a level, 0 = done with *out set. */
-    static inline __attribute__((always_inline)) int rl_step6(
-            const rl_tables* t, const rl_addr* a, uint32_t* index, int* offset, uint32_t* out, const int hw) {
-        const rl_node* node;
-        uint64_t bit, below;
-        unsigned count;
-        uint32_t li;
-        if (*index >= t->nnodes || *offset > 124) { *out = 0; return 0; }
-        node = &t->nodes[*index];
-        bit = (uint64_t)1 << rl_bits6(a->hi, a->lo, *offset);
-        below = bit | (bit - 1);
-        if (node->vector & bit) {
-            count = hw ? (unsigned)__builtin_popcountll(node->vector & below) : rl_popcount(node->vector & below);
-            *index = node->base1 + count - 1;
-            *offset += 6;
-            return 1;
-        }
-        count = hw ? (unsigned)__builtin_popcountll(node->leafvec & below) : rl_popcount(node->leafvec & below);
-        li = node->base0 + count - 1;
-        *out = (count && li < t->nleaves) ? t->leaves[li] : 0;
-        return 0;
-    }
-    static inline uint32_t rl_leaf6(const rl_tables* t, const rl_addr* a) {
-        uint32_t e, index, out;
-        int offset = 16;
-        if (rl_alias_leaf(t, a, &out)) return out;
-        e = t->direct[a->hi >> 48];
-        if (!(e & RL_PTR)) return e;
-        index = e & ~RL_PTR;
-        while (rl_step6(t, a, &index, &offset, &out, 0)) {}
-        return out;
-    }
-    /* The batch walk's lanes: per in-flight IPv6 lookup, the address bits not yet used (hi:lo shifted left, the
-       next 6-bit chunk on top), the node index, the steps left before the depth limit, and the input position. */
-    typedef struct {
-        uint64_t hi[RL_LANES]; uint64_t lo[RL_LANES]; uint32_t index[RL_LANES]; int left[RL_LANES];
-        Py_ssize_t pos[RL_LANES];
-    } rl_lanes;
-    /* Start the walk of the next IPv6 address of a[*i..n) in lane k (finishing IPv4, alias and direct-table
-       hits on the way): 1 if one was started, 0 at the end of the input. The lane's first node is prefetched. */
-    static inline __attribute__((always_inline)) int rl_take6(
-            const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n, Py_ssize_t* i, rl_lanes* s, int k) {
-        uint32_t e;
-        Py_ssize_t j;
-        for (j = *i; j < n; j++) {
-            if (!a[j].v6) { out[j] = rl_leaf4(t, (uint32_t)a[j].lo); continue; }
-            if (rl_alias_leaf(t, &a[j], &out[j])) continue;
-            e = t->direct[a[j].hi >> 48];
-            if (!(e & RL_PTR)) { out[j] = e; continue; }
-            s->index[k] = e & ~RL_PTR;
-            s->hi[k] = (a[j].hi << 16) | (a[j].lo >> 48);
-            s->lo[k] = a[j].lo << 16;
-            s->left[k] = 19;  /* nodes at bit offsets 16, 22, ..., 124: as rl_leaf6 */
-            s->pos[k] = j;
-            *i = j + 1;
-            __builtin_prefetch(&t->nodes[s->index[k]]);
-            return 1;
-        }
-        *i = n;
-        return 0;
-    }
-    /* out[i] = the leaf of a[i], as rl_leaf6 and rl_leaf4 give it. IPv6 walks run interleaved in lanes so that
-       their memory reads overlap: each step prefetches the lane's next node, and a finished lane at once takes
-       the next address. */
-    static inline __attribute__((always_inline)) void rl_walk_body(
-            const rl_tables* tables, const rl_addr* a, uint32_t* out, Py_ssize_t n, const int hw) {
-        const rl_tables copy = *tables;  /* a local copy: the stores to out can't alias it */
-        const rl_tables* t = &copy;
-        rl_lanes s;
-        Py_ssize_t i = 0;
-        int k, active = 0;
-        const rl_node* node;
-        uint64_t x, below;
-        unsigned v, count;
-        uint32_t index, li;
-        while (active < RL_LANES && rl_take6(t, a, out, n, &i, &s, active))
-            active++;
-        while (active) {
-            for (k = 0; k < active;) {
-                index = s.index[k];
-                if (__builtin_expect(index >= t->nnodes || s.left[k] == 0, 0)) {
-                    out[s.pos[k]] = 0;
-                } else {
-                    node = &t->nodes[index];
-                    v = (unsigned)(s.hi[k] >> 58);
-                    below = ~(uint64_t)0 >> (63 - v);  /* bits 0..v */
-                    x = node->vector & below;
-                    if (node->vector >> v & 1) {
-                        count = hw ? (unsigned)__builtin_popcountll(x) : rl_popcount(x);
-                        s.index[k] = node->base1 + count - 1;
-                        s.hi[k] = (s.hi[k] << 6) | (s.lo[k] >> 58);
-                        s.lo[k] <<= 6;
-                        s.left[k]--;
-                        __builtin_prefetch(&t->nodes[s.index[k]]);
-                        k++;
-                        continue;
-                    }
-                    x = node->leafvec & below;
-                    count = hw ? (unsigned)__builtin_popcountll(x) : rl_popcount(x);
-                    li = node->base0 + count - 1;
-                    out[s.pos[k]] = (count && li < t->nleaves) ? t->leaves[li] : 0;
-                }
-                if (rl_take6(t, a, out, n, &i, &s, k)) { k++; continue; }
-                active--;  /* no more input: the last active lane takes this one's place */
-                s.hi[k] = s.hi[active]; s.lo[k] = s.lo[active]; s.index[k] = s.index[active];
-                s.left[k] = s.left[active]; s.pos[k] = s.pos[active];
-            }
-        }
-    }
-    static void rl_walk_sw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) {
-        rl_walk_body(t, a, out, n, 0);
-    }
-    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    __attribute__((target("popcnt"))) static void rl_walk_hw(
-            const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) {
-        rl_walk_body(t, a, out, n, 1);
-    }
-    static int rl_have_hw_popcount(void) { __builtin_cpu_init(); return __builtin_cpu_supports("popcnt"); }
-    #else
-    static void rl_walk_hw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) {
-        rl_walk_body(t, a, out, n, 1);
-    }
-    static int rl_have_hw_popcount(void) { return 1; }
-    #endif
-    typedef void (*rl_walk_fn)(const rl_tables*, const rl_addr*, uint32_t*, Py_ssize_t);
-    """
-    uint32_t RL_PTR
-    int RL_MAX_ALIASES
-    ctypedef struct rl_node:
-        uint64_t vector
-        uint64_t leafvec
-        uint32_t base0
-        uint32_t base1
-    ctypedef struct rl_addr:
-        int v6
-        uint64_t hi
-        uint64_t lo
-    ctypedef struct rl_alias:
-        uint64_t hi
-        uint64_t lo
-        uint64_t mhi
-        uint64_t mlo
-        int len
-    ctypedef struct rl_tables:
-        const uint32_t* tbl24
-        const uint32_t* tbl8
-        uint32_t ngroups
-        const uint32_t* direct
-        const rl_node* nodes
-        uint32_t nnodes
-        const uint32_t* leaves
-        uint32_t nleaves
-        const rl_alias* aliases
-        uint32_t naliases
-        const uint64_t* alias_top
-    ctypedef void (*rl_walk_fn)(const rl_tables*, const rl_addr*, uint32_t*, Py_ssize_t) noexcept nogil
-    uint32_t rl_leaf4(const rl_tables* t, uint32_t a) noexcept nogil
-    uint32_t rl_leaf6(const rl_tables* t, const rl_addr* a) noexcept nogil
-    void rl_walk_sw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) noexcept nogil
-    void rl_walk_hw(const rl_tables* t, const rl_addr* a, uint32_t* out, Py_ssize_t n) noexcept nogil
-    int rl_have_hw_popcount() noexcept nogil
 
 ctypedef rl_addr Addr
 
@@ -276,313 +55,6 @@ DIRECT_ENTRIES = 1 << 16
 NODE_SIZE = sizeof(rl_node)
 
 cdef carray.array _U16 = array.array("H")
-
-
-# --- parsing IP address text, as strictly as the ipaddress module ---------------------------------------------
-
-cdef int parse_v4(const char* s, Py_ssize_t n, uint32_t* out) noexcept nogil:
-    """Dotted-quad IPv4: 4 decimal octets, no leading zeros, each <= 255. Return 1 if valid, else 0."""
-    cdef uint32_t addr = 0, octet
-    cdef int parts = 0, digits
-    cdef Py_ssize_t i = 0
-    cdef char first
-    while True:
-        if i >= n:
-            return 0
-        first = s[i]
-        digits = 0
-        octet = 0
-        while i < n and c'0' <= s[i] <= c'9':
-            octet = octet * 10 + <uint32_t>(s[i] - c'0')
-            digits += 1
-            i += 1
-            if digits > 3:
-                return 0
-        if digits == 0 or (digits > 1 and first == c'0') or octet > 255:
-            return 0
-        addr = (addr << 8) | octet
-        parts += 1
-        if parts == 4:
-            if i != n:
-                return 0
-            out[0] = addr
-            return 1
-        if i >= n or s[i] != c'.':
-            return 0
-        i += 1
-
-
-cdef inline int hex_value(char c) noexcept nogil:
-    if c'0' <= c <= c'9':
-        return c - c'0'
-    if c'a' <= c <= c'f':
-        return c - c'a' + 10
-    if c'A' <= c <= c'F':
-        return c - c'A' + 10
-    return -1
-
-
-cdef int parse_v6(const char* s, Py_ssize_t n, uint64_t* hi, uint64_t* lo) noexcept nogil:
-    """IPv6 text with '::' and an IPv4 tail, by the rules of ipaddress (no zone id). 1 if valid, else 0."""
-    cdef Py_ssize_t starts[10]
-    cdef Py_ssize_t lens[10]  # -1: a hextet already parsed from an IPv4 tail, value in vals
-    cdef uint32_t vals[10]
-    cdef uint32_t v4, h
-    cdef uint32_t hextets[8]
-    cdef int np = 0, skip = -1, parts_hi, parts_lo, skipped, i, j, k, d
-    cdef Py_ssize_t b = 0, p
-    if n > 45:
-        return 0
-    for p in range(n + 1):
-        if p == n or s[p] == c':':
-            if np >= 9:
-                return 0
-            starts[np] = b
-            lens[np] = p - b
-            np += 1
-            b = p + 1
-    if np < 3:
-        return 0
-    if memchr(s + starts[np - 1], c'.', lens[np - 1]) != NULL:
-        if not parse_v4(s + starts[np - 1], lens[np - 1], &v4) or np >= 9:
-            return 0
-        lens[np - 1] = -1
-        vals[np - 1] = v4 >> 16
-        lens[np] = -1
-        vals[np] = v4 & 0xFFFF
-        np += 1
-    for i in range(1, np - 1):
-        if lens[i] == 0:
-            if skip >= 0:
-                return 0
-            skip = i
-    if skip >= 0:
-        parts_hi = skip
-        parts_lo = np - skip - 1
-        if lens[0] == 0:
-            parts_hi -= 1
-            if parts_hi:
-                return 0
-        if lens[np - 1] == 0:
-            parts_lo -= 1
-            if parts_lo:
-                return 0
-        skipped = 8 - (parts_hi + parts_lo)
-        if skipped < 1:
-            return 0
-    else:
-        if np != 8 or lens[0] == 0 or lens[np - 1] == 0:
-            return 0
-        parts_hi = np
-        parts_lo = 0
-        skipped = 0
-    k = 0
-    for i in range(np):
-        if i < parts_hi or i >= np - parts_lo:
-            if lens[i] == -1:
-                h = vals[i]
-            else:
-                if lens[i] < 1 or lens[i] > 4:
-                    return 0
-                h = 0
-                for j in range(lens[i]):
-                    d = hex_value(s[starts[i] + j])
-                    if d < 0:
-                        return 0
-                    h = (h << 4) | <uint32_t>d
-            hextets[k] = h
-            k += 1
-        if i == parts_hi - 1 or (parts_hi == 0 and i == 0):
-            for j in range(skipped):
-                hextets[k] = 0
-                k += 1
-    if k != 8:
-        return 0
-    hi[0] = 0
-    lo[0] = 0
-    for i in range(4):
-        hi[0] = (hi[0] << 16) | hextets[i]
-        lo[0] = (lo[0] << 16) | hextets[i + 4]
-    return 1
-
-
-cdef inline int parse_text(const char* s, Py_ssize_t n, Addr* a) noexcept nogil:
-    """Parse IPv4 or IPv6 text into a; an IPv4-mapped IPv6 address becomes IPv4. 1 if valid, else 0."""
-    cdef uint32_t v4
-    if memchr(s, c':', n) == NULL:
-        a.v6 = False
-        a.hi = 0
-        if not parse_v4(s, n, &v4):
-            return 0
-        a.lo = v4
-        return 1
-    if not parse_v6(s, n, &a.hi, &a.lo):
-        return 0
-    a.v6 = not (a.hi == 0 and (a.lo >> 32) == 0xFFFF)
-    if not a.v6:
-        a.lo &= 0xFFFFFFFFUL
-    return 1
-
-
-cdef inline uint64_t load_be64(const uint8_t* p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v = (v << 8) | p[i]
-    return v
-
-
-cdef inline void packed6_to_addr(const uint8_t* p, Addr* a) noexcept nogil:
-    a.hi = load_be64(p)
-    a.lo = load_be64(p + 8)
-    a.v6 = not (a.hi == 0 and (a.lo >> 32) == 0xFFFF)
-    if not a.v6:
-        a.lo &= 0xFFFFFFFFUL
-
-
-cdef int parse_object(object ip, Addr* a) except -1:
-    """Parse str, bytes (4 or 16), int (below 2**32: IPv4, else IPv6) or an ipaddress address into a."""
-    cdef Py_ssize_t n
-    cdef const char* s
-    if type(ip) is str:
-        try:
-            s = PyUnicode_AsUTF8AndSize(ip, &n)
-        except UnicodeError:
-            raise ValueError(f"invalid IP address: {ip!r}") from None
-        if parse_text(s, n, a):
-            return 0
-        raise ValueError(f"invalid IP address: {ip!r}")
-    if isinstance(ip, bytes):
-        n = PyBytes_GET_SIZE(ip)
-        s = PyBytes_AS_STRING(ip)
-        if n == 4:
-            a.v6 = False
-            a.hi = 0
-            a.lo = (<uint32_t>(<uint8_t>s[0]) << 24) | (<uint32_t>(<uint8_t>s[1]) << 16) | \
-                   (<uint32_t>(<uint8_t>s[2]) << 8) | <uint8_t>s[3]
-            return 0
-        if n == 16:
-            packed6_to_addr(<const uint8_t*>s, a)
-            return 0
-        raise ValueError(f"invalid IP address: {ip!r} (packed addresses are 4 or 16 bytes)")
-    if isinstance(ip, int):
-        if ip < 0 or ip >= (1 << 128):
-            raise ValueError(f"invalid IP address: {ip!r} (out of range)")
-        if ip < (1 << 32):
-            a.v6 = False
-            a.hi = 0
-            a.lo = <uint64_t>ip
-            return 0
-        packed = ip.to_bytes(16, "big")
-        packed6_to_addr(<const uint8_t*>PyBytes_AS_STRING(packed), a)
-        return 0
-    if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return parse_object(ip.packed, a)
-    if isinstance(ip, str):  # a str subclass
-        return parse_object(str(ip), a)
-    raise TypeError(f"an IP address is str, bytes or int, not {type(ip).__name__}: {ip!r}")
-
-
-def parse_ip(ip) -> tuple:
-    """(4, int) or (6, int) for an address given as lookup() takes it; IPv4-mapped IPv6 gives (4, ...)."""
-    cdef Addr a
-    parse_object(ip, &a)
-    if a.v6:
-        return 6, (<object>a.hi << 64) | a.lo
-    return 4, a.lo
-
-
-# --- formatting networks, as str(ipaddress.ip_network(...)) does ---------------------------------------------
-
-cdef inline Py_ssize_t put_decimal(char* buf, uint32_t v) noexcept nogil:
-    """v in decimal at buf (no leading zeros); the number of characters written (at most 10)."""
-    cdef char tmp[10]
-    cdef Py_ssize_t n = 0, i
-    while True:
-        tmp[n] = c'0' + <char>(v % 10)
-        n += 1
-        v //= 10
-        if v == 0:
-            break
-    for i in range(n):
-        buf[i] = tmp[n - 1 - i]
-    return n
-
-
-cdef Py_ssize_t format_network_text(char* buf, bint v6, uint64_t hi, uint64_t lo, int prefix) noexcept nogil:
-    """The network as str(ipaddress.ip_network(...)) spells it, into buf (at least 48 bytes); its length."""
-    cdef uint32_t h[8]
-    cdef int i, n = 0, best = -1, best_len = 0, run = -1, run_len = 0
-    cdef const char* digits = b"0123456789abcdef"
-    cdef int shift
-    cdef bint started
-    if not v6:
-        for i in range(4):
-            n += put_decimal(buf + n, (lo >> (24 - 8 * i)) & 255)
-            buf[n] = c'.' if i < 3 else c'/'
-            n += 1
-        return n + put_decimal(buf + n, <uint32_t>prefix)
-    for i in range(4):
-        h[i] = (hi >> (48 - 16 * i)) & 0xFFFF
-        h[i + 4] = (lo >> (48 - 16 * i)) & 0xFFFF
-    for i in range(8):
-        if h[i] == 0:
-            if run < 0:
-                run = i
-                run_len = 0
-            run_len += 1
-            if run_len > best_len:
-                best = run
-                best_len = run_len
-        else:
-            run = -1
-    if best_len < 2:
-        best = -1
-    i = 0
-    while i < 8:
-        if i == best:
-            if i == 0:
-                buf[n] = c':'
-                n += 1
-            buf[n] = c':'
-            n += 1
-            i += best_len
-            continue
-        started = False
-        for shift in range(12, -4, -4):
-            if started or (h[i] >> shift) & 15 or shift == 0:
-                buf[n] = digits[(h[i] >> shift) & 15]
-                n += 1
-                started = True
-        if i != 7:
-            buf[n] = c':'
-            n += 1
-        i += 1
-    buf[n] = c'/'
-    n += 1
-    return n + put_decimal(buf + n, <uint32_t>prefix)
-
-
-cdef str format_network(bint v6, uint64_t hi, uint64_t lo, int prefix):
-    cdef char buf[48]
-    return PyUnicode_FromStringAndSize(buf, format_network_text(buf, v6, hi, lo, prefix))
-
-
-cdef inline int mask_network(const Addr* a, uint32_t leaf, uint64_t* hi, uint64_t* lo) noexcept nogil:
-    """The prefix length of a leaf's network (clamped to the address family), and the address masked to it."""
-    cdef int prefix = (leaf >> 16) & 0xFF
-    if a.v6:
-        if prefix > 128:
-            prefix = 128
-        hi[0] = a.hi & (0 if prefix == 0 else (~(<uint64_t>0)) << (64 - prefix) if prefix < 64 else ~(<uint64_t>0))
-        lo[0] = a.lo & (0 if prefix <= 64 else (~(<uint64_t>0)) << (128 - prefix) if prefix < 128
-                        else ~(<uint64_t>0))
-    else:
-        if prefix > 32:
-            prefix = 32
-        hi[0] = 0
-        lo[0] = a.lo & (0 if prefix == 0 else (0xFFFFFFFFUL << (32 - prefix)) & 0xFFFFFFFFUL)
-    return prefix
 
 
 @cython.final
@@ -674,8 +146,7 @@ cdef class GeoDatabase:
     def open(cls, path, bint verify=True):
         """Read a database file into private memory (load_data_file) and serve that copy; with verify, check the
         payload's SHA-256 first."""
-        if sys.byteorder != "little":
-            raise OSError("regionlock geo databases are little-endian; this host is not")
+        check_little_endian_host("geo databases")
         cdef GeoDatabase self = GeoDatabase.__new__(GeoDatabase)
         mapping, header = load_data_file(path, MAGIC, FORMAT_VERSION, verify)
         try:
@@ -783,7 +254,7 @@ cdef class GeoDatabase:
         return rl_leaf4(&self.t, <uint32_t>a.lo)
 
     cdef inline uint32_t region_of(self, uint32_t leaf) noexcept nogil:
-        leaf &= 0xFFFF
+        leaf &= RL_LEAF_REGION_MASK
         return leaf if leaf < self.nregions else 0
 
     cdef Region _region_at(self, Addr* a, uint32_t leaf):
@@ -794,7 +265,7 @@ cdef class GeoDatabase:
         r.country = self._countries[rid]
         r.subdivision = self._subdivisions[rid]
         r._v6 = a.v6
-        r._prefix = mask_network(a, leaf, &r._hi, &r._lo)
+        r._prefix = rl_mask_network(a, leaf, &r._hi, &r._lo)
         return r
 
     # --- the Python API ---
@@ -923,7 +394,7 @@ cdef class GeoDatabase:
             for i in range(0, n, 256):
                 m = min(256, n - i)
                 for j in range(m):
-                    packed6_to_addr(p + 16 * (i + j), &chunk[j])
+                    rl_packed6_to_addr(p + 16 * (i + j), &chunk[j])
                 self.leaves_many(chunk, leaves, m)
                 for j in range(m):
                     out[i + j] = <uint16_t>self.region_of(leaves[j])
@@ -953,7 +424,7 @@ cdef class GeoDatabase:
         cdef uint32_t[::1] out = result
         with nogil:
             for i in range(n):
-                packed6_to_addr(&raw[16 * i], &a)
+                rl_packed6_to_addr(&raw[16 * i], &a)
                 e = self.leaf(&a)
                 out[i] = e if self.region_of(e) else 0
         return result
@@ -1032,7 +503,7 @@ cdef void _hits_of_texts(GeoDatabase self, const char* const* texts, const Py_ss
         leaf = leaves[i]
         out[i].region = self.region_of(leaf)
         out[i].v6 = addrs[i].v6
-        out[i].prefix = mask_network(&addrs[i], leaf, &out[i].hi, &out[i].lo)
+        out[i].prefix = rl_mask_network(&addrs[i], leaf, &out[i].hi, &out[i].lo)
 
 
 cdef Py_ssize_t format_hit_network(const GeoHit* hit, char* buf) noexcept nogil:

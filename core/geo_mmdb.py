@@ -12,7 +12,7 @@ from typing import Any
 
 from regionlock.core.errors import BuildError, RegionCodeError
 from regionlock.core.geo_aliases import Alias, from_walk
-from regionlock.core.geo_compile import MMDBData, region_ids_for_offsets, walk_mmdb_tree
+from regionlock.core.mmdb_read import MMDBData, region_ids_for_offsets, walk_mmdb_tree
 
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
 _METADATA_SEARCH = 128 * 1024

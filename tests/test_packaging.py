@@ -67,6 +67,8 @@ def test_wheel_installs_and_imports_in_a_clean_venv(tmp_path):
         "import regionlock.admin.v1.admin_pb2_grpc as a;"
         "import regionlock.core.geo as geo, regionlock.core.allowlist as al;"
         "assert geo.__file__.endswith('.so') and al.__file__.endswith('.so'), (geo.__file__, al.__file__);"
+        "import pathlib; shipped = {p.name for p in pathlib.Path(geo.__file__).parent.iterdir()};"
+        "assert {'geo.pxd', 'allowlist.pxd', 'trie.h', 'geo_walk.h', 'allowlist_records.h'} <= shipped, shipped;"
         "assert 'DeviceCheckService' in d.DESCRIPTOR.services_by_name;"
         "assert hasattr(a, 'AdminServiceStub') and hasattr(g, 'DeviceCheckServiceStub');"
         "print(d.__file__)"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from regionlock.core import Allowlist
-from regionlock.core._allowlist_reference import FORMAT_VERSION as ALLOWLIST_VERSION
-from regionlock.core._allowlist_reference import MAGIC as ALLOWLIST_MAGIC
 from regionlock.core.allowlist_demo import DEMO_MARKETS, demo_csv_rows
+from regionlock.core.allowlist_format import FORMAT_VERSION as ALLOWLIST_VERSION
+from regionlock.core.allowlist_format import MAGIC as ALLOWLIST_MAGIC
 from regionlock.service.cli_allowlist import register
 
 from fixtures_geo import write_nested_header

@@ -147,3 +147,10 @@ def test_fuzzed_files_never_crash(tmp_path: Path, good_file: Path, make_rows, se
 
 def test_errors_are_value_errors() -> None:
     assert issubclass(CorruptFileError, DataFileError) and issubclass(DataFileError, ValueError)
+
+
+def test_a_big_endian_host_is_refused(monkeypatch, allowlist_builder):
+    path = allowlist_builder([("A-1", "US")])
+    monkeypatch.setattr(sys, "byteorder", "big")
+    with pytest.raises(OSError, match="regionlock allowlists are little-endian; this host is not"):
+        Allowlist.open(path)

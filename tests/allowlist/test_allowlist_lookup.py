@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from regionlock.core import Allowlist, CorruptFileError
+from regionlock.core import Allowlist, CorruptFileError, allowlist_format
 from regionlock.core import _allowlist_reference as ref
 
 from fixtures_allowlist import build_allowlist_from_rows
@@ -121,7 +121,7 @@ def test_info_and_header(tmp_path: Path) -> None:
     allowlist = Allowlist.open(build_allowlist_from_rows(tmp_path, [("A1", "CN"), ("B2", "IN"), ("C3", "IN")]))
     info = allowlist.info
     assert info["magic"] == "RLALLOW"
-    assert info["format_version"] == ref.FORMAT_VERSION
+    assert info["format_version"] == allowlist_format.FORMAT_VERSION
     assert info["count"] == 3
     assert info["markets"] == ["CN", "IN"]
     assert info["market_counts"] == {"CN": 1, "IN": 2}
@@ -167,7 +167,7 @@ def test_records_sit_in_the_bucket_of_their_hash(tmp_path: Path, make_rows) -> N
     path = build_allowlist_from_rows(tmp_path, list(rows.items()))
     info = Allowlist.open(path).info
     bits = info["bucket_bits"]
-    assert info["group_bits"] == ref.GROUP_BITS
+    assert info["group_bits"] == allowlist_format.GROUP_BITS
     buckets = ref.bucket_contents(path)
     assert len(buckets) == 1 << bits
     assert sum(len(b) for b in buckets) == len(rows)

@@ -317,3 +317,9 @@ def test_bad_alias_lists_are_refused(tmp_path, aliases):
     write_data_file(path, MAGIC, FORMAT_VERSION, metadata, [bytes(4 * (1 << 24) + 4 * 65536)])
     with pytest.raises(CorruptFileError, match=r"a\.rlgeo: corrupt: .*alias"):
         GeoDatabase.open(path, verify=False)
+
+
+def test_a_big_endian_host_is_refused(monkeypatch, good):
+    monkeypatch.setattr(sys, "byteorder", "big")
+    with pytest.raises(OSError, match="regionlock geo databases are little-endian; this host is not"):
+        GeoDatabase.open(good)

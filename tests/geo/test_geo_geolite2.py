@@ -17,7 +17,7 @@ import pycountry
 import pytest
 
 from regionlock.core.geo import GeoDatabase
-from regionlock.core.geo_compile import walk_mmdb_tree
+from regionlock.core.mmdb_read import walk_mmdb_tree
 
 from fixtures_geo import IPV4_SPELLINGS, ipv4_spelling, maxminddb_network
 

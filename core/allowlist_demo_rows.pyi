@@ -1,0 +1,3 @@
+"""Type stub of regionlock.core.allowlist_demo_rows, the demo allowlist's compiled row generator."""
+
+def demo_rows(seed: int, start: int, count: int) -> bytearray: ...
