@@ -11,6 +11,15 @@ ROOT = pathlib.Path(__file__).resolve().parent
 PROTO_DIR = ROOT / "proto"
 GEN_DIR = ROOT / "gen"
 REQUIRE_EXTENSION = os.environ.get("REGIONLOCK_REQUIRE_EXTENSION") == "1"
+SERVICE_PACKAGES = [
+    "regionlock.service",
+    "regionlock.service.overrides",
+    "regionlock.service.server",
+    "regionlock.service.server.check",
+    "regionlock.service.server.admin",
+    "regionlock.service.cli",
+    "regionlock.service.loadtest",
+]
 PACKAGE_DOCS = {
     "regionlock": "regionlock: region-lock decisions for device gateways.",
     "regionlock/v1": "Generated from proto/regionlock/v1: the DeviceCheck API.",
@@ -74,7 +83,7 @@ def extensions():
         return []
     from setuptools import Extension
 
-    # service/*.pyx cimport regionlock.core.geo and .allowlist, but the source tree maps that package to core/:
+    # service/**/*.pyx cimport regionlock.core.geo and .allowlist, but the source tree maps that package to core/:
     # build/cython holds the core's .pxd files under their package path, for Cython's include path
     cimport_tree = ROOT / "build" / "cython"
     (cimport_tree / "regionlock" / "core").mkdir(parents=True, exist_ok=True)
@@ -86,12 +95,11 @@ def extensions():
         link.symlink_to(pxd)
     modules = [
         Extension(
-            f"regionlock.{package}.{pyx.stem}",
+            "regionlock." + ".".join(pyx.relative_to(ROOT).with_suffix("").parts),
             [str(pyx.relative_to(ROOT))],
             extra_compile_args=["-O3"],
         )
-        for package in ("core", "service")
-        for pyx in sorted((ROOT / package).glob("*.pyx"))
+        for pyx in sorted((ROOT / "core").glob("*.pyx")) + sorted((ROOT / "service").rglob("*.pyx"))
     ]
     return cythonize(
         modules,
@@ -110,18 +118,17 @@ setup(
         "regionlock.admin",
         "regionlock.admin.v1",
         "regionlock.core",
-        "regionlock.service",
-        "regionlock.service.overrides",
+        *SERVICE_PACKAGES,
     ],
     package_dir={
         "regionlock": "gen/regionlock",
         "regionlock.core": "core",
-        "regionlock.service": "service",
-        "regionlock.service.overrides": "service/overrides",
+        **{package: package.removeprefix("regionlock.").replace(".", "/") for package in SERVICE_PACKAGES},
     },
     package_data={
         "regionlock.core": ["*.pyi", "*.pyx", "*.pxd", "py.typed"],
-        "regionlock.service": ["*.toml", "*.pyi", "py.typed"],
+        "regionlock.service": ["*.toml", "py.typed"],
+        "regionlock.service.server.check": ["*.pyi"],
         "regionlock.v1": ["*.pyi"],
         "regionlock.admin.v1": ["*.pyi"],
     },
