@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.regionlock-installed
-SOURCES := pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd core/*.h core/*.py service/*.pyx proto/regionlock/*/*.proto proto/regionlock/*/*/*.proto)
+SOURCES := pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd core/*.h core/*.py service/*.pyx service/*/*.pyx service/*/*/*.pyx proto/regionlock/*/*.proto proto/regionlock/*/*/*.proto)
 export REGIONLOCK_REQUIRE_EXTENSION := 1
 
 .PHONY: run test lint pytest install bench clean
@@ -38,4 +38,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) gen build dist *.egg-info core/*.c core/*.so service/*.c service/*.so
+	rm -rf $(VENV) gen build dist *.egg-info core/*.c core/*.so service/*.c service/*.so service/*/*/*.c service/*/*/*.so service/*/*/*.html

@@ -12,6 +12,15 @@ ROOT = pathlib.Path(__file__).resolve().parent
 PROTO_DIR = ROOT / "proto"
 GEN_DIR = ROOT / "gen"
 REQUIRE_EXTENSION = os.environ.get("REGIONLOCK_REQUIRE_EXTENSION") == "1"
+SERVICE_PACKAGES = [
+    "regionlock.service",
+    "regionlock.service.overrides",
+    "regionlock.service.server",
+    "regionlock.service.server.check",
+    "regionlock.service.server.admin",
+    "regionlock.service.cli",
+    "regionlock.service.loadtest",
+]
 PACKAGE_DOCS = {
     "regionlock": "regionlock: region-lock decisions for device gateways.",
     "regionlock/v1": "Generated from proto/regionlock/v1: the DeviceCheck API.",
@@ -75,7 +84,7 @@ def extensions():
         return []
     from setuptools import Extension
 
-    # service/*.pyx cimport regionlock.core.geo and .allowlist, but the source tree maps that package to core/, so
+    # service/**/*.pyx cimport regionlock.core.geo and .allowlist, but the source tree maps that package to core/, so
     # no directory here has the regionlock/core/ shape Cython's include path needs: build/include gets one, copied
     # (not linked: a copy survives an sdist, a platform without symlinks and a renamed file) from core/ at every
     # build, as numpy's get_include() tree is. The .h files go along for the C compiler, and ship in the package.
@@ -94,13 +103,12 @@ def extensions():
             shutil.copy2(source, target)  # copy2 keeps the mtime: Cython's dependency check stays true
     modules = [
         Extension(
-            f"regionlock.{package}.{pyx.stem}",
+            "regionlock." + ".".join(pyx.relative_to(ROOT).with_suffix("").parts),
             [str(pyx.relative_to(ROOT))],
             include_dirs=[str(core_include)],
             extra_compile_args=["-O3"],
         )
-        for package in ("core", "service")
-        for pyx in sorted((ROOT / package).glob("*.pyx"))
+        for pyx in sorted((ROOT / "core").glob("*.pyx")) + sorted((ROOT / "service").rglob("*.pyx"))
     ]
     return cythonize(
         modules,
@@ -119,18 +127,17 @@ setup(
         "regionlock.admin",
         "regionlock.admin.v1",
         "regionlock.core",
-        "regionlock.service",
-        "regionlock.service.overrides",
+        *SERVICE_PACKAGES,
     ],
     package_dir={
         "regionlock": "gen/regionlock",
         "regionlock.core": "core",
-        "regionlock.service": "service",
-        "regionlock.service.overrides": "service/overrides",
+        **{package: package.removeprefix("regionlock.").replace(".", "/") for package in SERVICE_PACKAGES},
     },
     package_data={
         "regionlock.core": ["*.pyi", "*.pyx", "*.pxd", "*.h", "py.typed"],
-        "regionlock.service": ["*.toml", "*.pyi", "py.typed"],
+        "regionlock.service": ["*.toml", "py.typed"],
+        "regionlock.service.server.check": ["*.pyi"],
         "regionlock.v1": ["*.pyi"],
         "regionlock.admin.v1": ["*.pyi"],
     },

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from benchmarks.common import DATA, median_rate
 from regionlock.core.allowlist_demo import build_demo_allowlist
 from regionlock.core.geo_build import build_geo_database
-from regionlock.service import batch_kernel
-from regionlock.service.check_servicer import DeviceCheckServicer
-from regionlock.service.embedded import geolite2_city_path
-from regionlock.service.metrics import Metrics
 from regionlock.service.policy import default_policy_text
-from regionlock.service.settings import Settings
+from regionlock.service.server.check import batch_kernel
+from regionlock.service.server.check.servicer import DeviceCheckServicer
+from regionlock.service.server.embedded import geolite2_city_path
+from regionlock.service.server.metrics import Metrics
+from regionlock.service.server.settings import Settings
 from regionlock.service.snapshot import SnapshotHolder
 from regionlock.v1 import device_check_pb2 as pb
 

@@ -37,8 +37,8 @@ def load_responses(path: str | None) -> tuple[dict[bytes, bytes], bytes]:
 
 
 def _options(reuse_port: bool) -> list[tuple[str, int]]:
-    from regionlock.service.server import grpc_options
-    from regionlock.service.settings import Settings
+    from regionlock.service.server.lifecycle import grpc_options
+    from regionlock.service.server.settings import Settings
 
     return grpc_options(Settings(), reuse_port)
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.addr, args.model, False, table, default)
         return 0
     # fork before any gRPC object exists, as service/workers.py does; the children share the port
-    from regionlock.service.workers import pin_worker
+    from regionlock.service.server.workers import pin_worker
 
     children = []
     for slot in range(args.workers):

@@ -34,8 +34,9 @@ import grpc
 from benchmarks.service_floor import floor_once, floor_server, median_cost, nghttpd_path, per_call_cost
 from benchmarks.service_profile import profile_worker, rss_kib, server_pids
 from benchmarks.service_report import write_section
-from regionlock.service import bench
-from regionlock.service.bench_frames import build_mix, open_snapshot
+from regionlock.service.loadtest import model as bench
+from regionlock.service.loadtest.mixes import build_mix, open_snapshot
+from regionlock.service.loadtest.runner import run
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / "data" / "service"
@@ -134,8 +135,8 @@ def echo_server(tmp: Path, responses: Path, workers: int = 2, model: str = "sync
 
 
 def prepare_data() -> None:
-    from regionlock.service.embedded import prepare_embedded_data
-    from regionlock.service.settings import Settings
+    from regionlock.service.server.embedded import prepare_embedded_data
+    from regionlock.service.server.settings import Settings
 
     DATA.mkdir(parents=True, exist_ok=True)
     prepare_embedded_data(Settings(data_dir=DATA))
@@ -153,7 +154,7 @@ def echo_responses(target: str, mix, path: Path) -> int:
 
 
 def once(target, mode, mix, metrics=None, **load) -> bench.Result:
-    result = bench.run(target, mode, mix, bench.Load(**load), metrics, batch_size=1000)
+    result = run(target, mode, mix, bench.Load(**load), metrics, batch_size=1000)
     print(
         f"  {mode:6} {target:22} {result.requests_per_s:10,.0f} req/s {result.checks_per_s:12,.0f} checks/s "
         f"p99 {result.latency_ms.get('p99', float('nan')):7.2f} ms  errors {result.error_count}",

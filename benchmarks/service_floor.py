@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.service_profile import cpu_ticks
-from regionlock.service import bench
-from regionlock.service.bench_h2load import latencies_us, run_h2load
+from regionlock.service.loadtest import model as bench
+from regionlock.service.loadtest.h2load import latencies_us, run_h2load
 
 UNARY_PATH = "regionlock.v1.DeviceCheckService/CheckDevice"
 

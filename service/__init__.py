@@ -1,1 +1,1 @@
-"""regionlock.service: decision engine, policy, override stores, gRPC servicers, settings and CLI."""
+"""regionlock.service: the decision domain (decision, policy, snapshot, errors, overrides) and its rooms."""

@@ -8,7 +8,8 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from regionlock.core.allowlist import Allowlist
 from regionlock.core.errors import DataFileError
@@ -21,9 +22,20 @@ from regionlock.service.policy import DataRegions, Policy, PolicyError, load_pol
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from regionlock.service.settings import Settings
-
 log = logging.getLogger(__name__)
+
+
+class DataSettings(Protocol):
+    """The settings a snapshot is loaded from (the server's Settings has them): paths and the age limit."""
+
+    @property
+    def geo_path(self) -> Path: ...
+    @property
+    def allowlist_path(self) -> Path: ...
+    @property
+    def policy_path(self) -> Path: ...
+    @property
+    def geo_max_age_days(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +131,7 @@ def allowlist_built_at(allowlist: Allowlist) -> float | None:
     return _epoch(allowlist.header.metadata.get("build_time"))
 
 
-def load_data(settings: Settings) -> tuple[GeoDatabase, Allowlist, Policy]:
+def load_data(settings: DataSettings) -> tuple[GeoDatabase, Allowlist, Policy]:
     """Open and verify the data files and the policy; raise FailedPrecondition naming what is wrong.
 
     The policy is checked against this region database and this allowlist (parse_policy, require_markets_defined);
@@ -166,7 +178,7 @@ class SnapshotHolder:
         if self._on_swap is not None:
             self._on_swap(snapshot)
 
-    def reload(self, settings: Settings) -> Snapshot:
+    def reload(self, settings: DataSettings) -> Snapshot:
         """Build a complete new snapshot from the configured files, validate it, then swap; keep the old on failure."""
         started = time.monotonic()
         try:

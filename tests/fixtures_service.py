@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from regionlock.service.auth import create_token
-from regionlock.service.settings import Settings
+from regionlock.service.server.auth import create_token
+from regionlock.service.server.settings import Settings
 
 from fixtures_allowlist import build_allowlist_from_rows
 from fixtures_geo import build_geo_from_rows
@@ -117,7 +117,7 @@ class Running:
 @pytest.fixture
 def running(world) -> Iterator[Running]:
     """The Service on the small world, started and loaded, on free ports of 127.0.0.1."""
-    from regionlock.service.server import Service
+    from regionlock.service.server.lifecycle import Service
 
     operator = create_token(world.tokens_path, "alice", "operator")
     viewer = create_token(world.tokens_path, "victor", "viewer")

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from regionlock.service.cli import main
+from regionlock.service.cli.main import main
 
 from fixtures_service import regionlock_command
 

@@ -10,8 +10,8 @@ import yaml
 
 from regionlock.core.geo import GeoDatabase
 from regionlock.service.policy import DataRegions, default_policy_text, parse_policy
-from regionlock.service.server import CHECK_SERVICE
-from regionlock.service.settings import FIELDS, Settings, load_settings
+from regionlock.service.server.lifecycle import CHECK_SERVICE
+from regionlock.service.server.settings import FIELDS, Settings, load_settings
 
 MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes.yaml"
 

@@ -155,8 +155,6 @@ class OverrideIndexRefresher:
             self._succeeded()
         return True
 
-    refresh_now = refresh  # the admin servicer's name for "catch up before answering"
-
     def wake(self) -> None:
         """Catch up now rather than at the next poll (the store's change notifications call this)."""
         self._wake.set()

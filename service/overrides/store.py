@@ -1,4 +1,4 @@
-"""The override store interface every backend implements, page tokens, and open_store(url).
+"""The override store interface every backend implements, and page tokens (open one: overrides.factory).
 
 Semantics every implementation keeps (the shared test suite in tests/overrides checks them):
 
@@ -24,7 +24,6 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from regionlock.service.errors import InvalidArgument, NotFound
 from regionlock.service.overrides.model import (
@@ -293,23 +292,3 @@ def decode_page_token(token: str, kind: str, filters: dict[str, Any]) -> Any:
     if data.get("f") != filters:
         raise InvalidArgument("page_token", "was made for other filters; start again without a token")
     return data["p"]
-
-
-def open_store(url: str) -> OverrideStore:
-    """Open (creating and migrating as needed) the store a URL names: sqlite:///abs/path or postgresql://..."""
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        if parts.netloc or not parts.path.startswith("/") or parts.query or parts.fragment:
-            raise InvalidArgument("store", f"expected sqlite:///absolute/path, got {url!r}")
-        from regionlock.service.overrides.sqlite import SqliteOverrideStore
-
-        return SqliteOverrideStore(parts.path)
-    if parts.scheme in ("postgresql", "postgres"):
-        try:
-            from regionlock.service.overrides.postgres import open_postgres_store
-        except ImportError as exc:  # psycopg is the `postgres` extra
-            raise InvalidArgument(
-                "store", f"the PostgreSQL store needs psycopg: pip install 'regionlock[postgres]' ({exc})"
-            ) from None
-        return open_postgres_store(url)
-    raise InvalidArgument("store", f"unknown store scheme {parts.scheme!r}; use sqlite:///path or postgresql://")

@@ -12,7 +12,7 @@ from regionlock.core import Allowlist
 from regionlock.core.allowlist_demo import DEMO_MARKETS, demo_csv_rows
 from regionlock.core.allowlist_format import FORMAT_VERSION as ALLOWLIST_VERSION
 from regionlock.core.allowlist_format import MAGIC as ALLOWLIST_MAGIC
-from regionlock.service.cli_allowlist import register
+from regionlock.service.cli.allowlist import register
 
 from fixtures_geo import write_nested_header
 

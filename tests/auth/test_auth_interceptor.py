@@ -11,8 +11,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from regionlock.admin.v1 import admin_pb2, admin_pb2_grpc
-from regionlock.service.auth import AuthInterceptor, TokenStore, create_token, current_principal
 from regionlock.service.errors import Unauthenticated
+from regionlock.service.server.auth import AuthInterceptor, TokenStore, create_token, current_principal
 
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 READS = {"GetOverride", "ListOverrides", "ListAuditEvents", "GetStatus"}

@@ -11,7 +11,9 @@ import stat
 import pytest
 
 from regionlock.admin.v1 import admin_pb2
-from regionlock.service.auth import (
+from regionlock.service.cli.token import register
+from regionlock.service.errors import PermissionDenied, Unauthenticated
+from regionlock.service.server.auth import (
     METHOD_ROLES,
     Principal,
     TokenFileError,
@@ -19,8 +21,6 @@ from regionlock.service.auth import (
     authorize,
     create_token,
 )
-from regionlock.service.cli_token import register
-from regionlock.service.errors import PermissionDenied, Unauthenticated
 
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 READS = {"GetOverride", "ListOverrides", "ListAuditEvents", "GetStatus"}

@@ -7,10 +7,13 @@ import shutil
 
 import pytest
 
-from regionlock.service import bench, cli, cli_bench
-from regionlock.service.bench_frames import METHOD_UNARY, build_mix, grpc_frame, open_snapshot
-from regionlock.service.bench_h2load import MAX_CONNECTION_RATE, run_h2load
+from regionlock.service.cli import bench as cli_bench
+from regionlock.service.cli.main import OneLineParser
 from regionlock.service.decision import Reason
+from regionlock.service.loadtest import model as bench
+from regionlock.service.loadtest.h2load import MAX_CONNECTION_RATE, run_h2load
+from regionlock.service.loadtest.mixes import METHOD_UNARY, build_mix, grpc_frame, open_snapshot
+from regionlock.service.loadtest.runner import run
 
 from fixtures_service import start_server_process, stop_server_process, write_world
 
@@ -47,7 +50,7 @@ def test_thousands_of_calls_in_flight_on_one_worker_are_all_answered(served):
     # with grpc-core's own pending-call limits (1,000 and 3,000) about 40% of these calls were refused (CANCELLED)
     server, metrics, mix, _ = served
     load = bench.Load(connections=5, streams=500, duration=60, requests=6000, warmup=0)
-    result = bench.run(server.check_addr, "unary", mix, load, metrics)
+    result = run(server.check_addr, "unary", mix, load, metrics)
     assert result.errors == {}
     assert result.calls_ok == 6000
 
@@ -59,7 +62,7 @@ def test_thousands_of_calls_in_flight_on_one_worker_are_all_answered(served):
 def test_counted_run_matches_the_servers_metrics(served, mode, requests, checks):
     server, metrics, mix, _ = served
     load = bench.Load(connections=2 if mode == "stream" else 5, streams=2, duration=30, requests=requests, warmup=0)
-    result = bench.run(server.check_addr, mode, mix, load, metrics, batch_size=100)
+    result = run(server.check_addr, mode, mix, load, metrics, batch_size=100)
     assert result.errors == {}
     assert result.checks_ok == checks
     assert result.verification["server_decisions"] == result.verification["expected_decisions"] == checks
@@ -69,9 +72,7 @@ def test_counted_run_matches_the_servers_metrics(served, mode, requests, checks)
 
 def test_timed_run_is_bounded_and_verified(served):
     server, metrics, mix, _ = served
-    result = bench.run(
-        server.check_addr, "unary", mix, bench.Load(connections=5, streams=4, duration=2, warmup=0.5), metrics
-    )
+    result = run(server.check_addr, "unary", mix, bench.Load(connections=5, streams=4, duration=2, warmup=0.5), metrics)
     assert result.errors == {}
     assert result.calls_ok > 0 and result.requests_per_s > 0
     assert 1.5 < result.seconds < 5
@@ -84,7 +85,7 @@ def test_fixed_rate_run_offers_the_rate_over_enough_connections(served):
     server, metrics, mix, _ = served
     # 450 calls/s is more than 5 connections may send at MAX_CONNECTION_RATE: the plan opens more
     load = bench.Load(connections=5, streams=4, duration=2, rate=450, warmup=0)
-    result = bench.run(server.check_addr, "unary", mix, load, metrics)
+    result = run(server.check_addr, "unary", mix, load, metrics)
     assert result.errors == {}
     assert result.connections >= 450 / MAX_CONNECTION_RATE
     # every connection sends the same count: the rate times the duration, rounded up to whole connections
@@ -126,7 +127,7 @@ def test_missing_decisions_are_errors():
 
 
 def _cli(argv: list[str]) -> int:
-    parser = cli.OneLineParser(prog="regionlock")
+    parser = OneLineParser(prog="regionlock")
     cli_bench.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)

@@ -11,7 +11,7 @@ from array import array
 import pytest
 
 from regionlock.core import GeoDatabase, Region
-from regionlock.service import cli_geo
+from regionlock.service.cli import geo as cli_geo
 
 
 def test_overlay_semantics_agree_with_reference(world):

@@ -279,7 +279,7 @@ def test_bad_region_tables_are_refused(tmp_path, regions):
 
 
 def test_deeply_nested_metadata_is_refused(tmp_path, capsys):
-    from regionlock.service.cli import main
+    from regionlock.service.cli.main import main
 
     from fixtures_geo import write_nested_header
 

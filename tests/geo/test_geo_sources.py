@@ -16,7 +16,7 @@ from regionlock.core.errors import BuildError
 from regionlock.core.geo import GeoDatabase
 from regionlock.core.geo_build import MAX_INVALID_FRACTION, build_geo_database
 from regionlock.core.geo_mmdb import RecordLayout, read_mmdb
-from regionlock.service import cli_geo
+from regionlock.service.cli import geo as cli_geo
 
 US = {"country": {"iso_code": "US"}}
 MAP_OF_ONE = b"\xe1"  # control byte of a map with one pair

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from regionlock.service.overrides.store import OverrideStore, open_store
+from regionlock.service.overrides.factory import open_store
+from regionlock.service.overrides.store import OverrideStore
 
 from fixtures_postgres import private_schema, require_postgres
 from fixtures_postgres import store_url as postgres_store_url

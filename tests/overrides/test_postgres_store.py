@@ -12,11 +12,11 @@ import pytest
 from psycopg import sql
 
 from regionlock.service.errors import FailedPrecondition, InvalidArgument, Unavailable
+from regionlock.service.overrides.factory import open_store
 from regionlock.service.overrides.index import OverrideIndexRefresher
 from regionlock.service.overrides.model import OverrideAction, OverrideChange
 from regionlock.service.overrides.pg_schema import MIGRATIONS, parse_url
 from regionlock.service.overrides.postgres import PostgresOverrideStore
-from regionlock.service.overrides.store import open_store
 
 from fixtures_postgres import POSTGRES_URL, TcpProxy, private_schema, require_postgres, store_url, wait_until
 

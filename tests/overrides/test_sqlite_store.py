@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from regionlock.service.errors import FailedPrecondition, InvalidArgument, Unavailable
+from regionlock.service.overrides.factory import open_store
 from regionlock.service.overrides.model import OverrideAction, OverrideChange
 from regionlock.service.overrides.sqlite import MIGRATIONS, SqliteOverrideStore
-from regionlock.service.overrides.store import open_store
 
 
 def change(serial, reason="because"):
@@ -125,7 +125,7 @@ def test_threads_and_store_objects_share_one_file(path, now, run_threads):
 _CHILD = """
 import sys
 from datetime import datetime, UTC
-from regionlock.service.overrides.store import open_store
+from regionlock.service.overrides.factory import open_store
 from regionlock.service.overrides.model import OverrideChange
 store = open_store(sys.argv[1])
 for i in range(30):

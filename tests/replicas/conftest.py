@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from replica_fleet import POLL_SECONDS, REPLICAS, Fleet, Replica
 
-from regionlock.service.auth import create_token
+from regionlock.service.server.auth import create_token
 
 from fixtures_postgres import TcpProxy, private_schema, require_postgres, store_url
 from fixtures_service import start_server_process, stop_server_process, write_world

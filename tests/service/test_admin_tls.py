@@ -9,7 +9,7 @@ import pytest
 
 from regionlock.admin.v1 import admin_pb2 as apb
 from regionlock.admin.v1 import admin_pb2_grpc as apb_grpc
-from regionlock.service.auth import create_token
+from regionlock.service.server.auth import create_token
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -71,7 +71,7 @@ def pki(tmp_path_factory) -> Path:
 
 
 def _serve(settings):
-    from regionlock.service.server import Service
+    from regionlock.service.server.lifecycle import Service
 
     token = create_token(settings.tokens_path, "alice", "operator")
     service = Service(settings)

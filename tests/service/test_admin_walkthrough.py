@@ -12,9 +12,9 @@ import pytest
 
 from regionlock.core.allowlist import Allowlist
 from regionlock.core.allowlist_demo import build_demo
-from regionlock.service.auth import create_token
-from regionlock.service.embedded import DEMO_SEED
 from regionlock.service.policy import default_policy_text
+from regionlock.service.server.auth import create_token
+from regionlock.service.server.embedded import DEMO_SEED
 
 from fixtures_service import start_server_process, stop_server_process, write_world
 

@@ -19,14 +19,14 @@ from hypothesis import strategies as st
 
 from regionlock.core.allowlist import Allowlist
 from regionlock.core.allowlist_demo import build_demo_allowlist
-from regionlock.service import batch_kernel
-from regionlock.service.check_servicer import DeviceCheckServicer, count_items
 from regionlock.service.errors import InvalidArgument
-from regionlock.service.metrics import Metrics
 from regionlock.service.overrides.index import OverrideIndex
 from regionlock.service.overrides.model import Override, OverrideAction
 from regionlock.service.policy import default_policy_text
-from regionlock.service.settings import Settings
+from regionlock.service.server.check import batch_kernel
+from regionlock.service.server.check.servicer import DeviceCheckServicer, count_items
+from regionlock.service.server.metrics import Metrics
+from regionlock.service.server.settings import Settings
 from regionlock.service.snapshot import SnapshotHolder
 from regionlock.v1 import device_check_pb2 as pb
 from regionlock.v1 import device_check_pb2_grpc as pb_grpc
@@ -286,7 +286,7 @@ def test_a_huge_batch_of_empty_items_costs_no_memory(small_pair):
     (before the early stop: 1.3 GB for the kernel's item array)."""
     script = (
         "import resource\n"
-        "from regionlock.service.batch_kernel import Batch, TooManyItems\n"
+        "from regionlock.service.server.check.batch_kernel import Batch, TooManyItems\n"
         "data = b'\\x0a\\x00' * (32 << 20)\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"

@@ -7,7 +7,7 @@ import grpc
 
 from regionlock.admin.v1 import admin_pb2 as apb
 from regionlock.admin.v1 import admin_pb2_grpc as apb_grpc
-from regionlock.service.auth import create_token
+from regionlock.service.server.auth import create_token
 
 from fixtures_service import start_server_process, stop_server_process
 

@@ -8,8 +8,8 @@ import sys
 import time
 
 from regionlock.core.geo import GeoDatabase
-from regionlock.service.embedded import prepare_embedded_data
-from regionlock.service.settings import Settings
+from regionlock.service.server.embedded import prepare_embedded_data
+from regionlock.service.server.settings import Settings
 from regionlock.service.snapshot import load_data
 
 from fixtures_geo import as_built_before_aliases

@@ -38,8 +38,8 @@ def _addresses_in(db: GeoDatabase, country: str, subdivision: str, limit: int = 
 
 @pytest.fixture(scope="module")
 def geolite2_service(geolite2_db, geolite2_mmdb_path, tmp_path_factory):
-    from regionlock.service.server import Service
-    from regionlock.service.settings import Settings
+    from regionlock.service.server.lifecycle import Service
+    from regionlock.service.server.settings import Settings
 
     data = tmp_path_factory.mktemp("geolite2-service")
     policy = data / "policy.toml"

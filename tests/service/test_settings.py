@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from regionlock.service.settings import Settings, SettingsError, load_settings
+from regionlock.service.server.settings import Settings, SettingsError, load_settings
 
 
 def test_defaults_when_nothing_is_given():

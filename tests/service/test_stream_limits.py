@@ -8,7 +8,7 @@ import urllib.request
 import grpc
 import pytest
 
-from regionlock.service.server import Service
+from regionlock.service.server.lifecycle import Service
 from regionlock.v1 import device_check_pb2 as pb
 from regionlock.v1 import device_check_pb2_grpc as pb_grpc
 

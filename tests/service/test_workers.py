@@ -10,8 +10,8 @@ import grpc
 
 from regionlock.admin.v1 import admin_pb2 as apb
 from regionlock.admin.v1 import admin_pb2_grpc as apb_grpc
-from regionlock.service.auth import create_token
-from regionlock.service.workers import worker_cpu
+from regionlock.service.server.auth import create_token
+from regionlock.service.server.workers import worker_cpu
 from regionlock.v1 import device_check_pb2 as pb
 from regionlock.v1 import device_check_pb2_grpc as pb_grpc
 

@@ -11,7 +11,7 @@
 # Unknown fields are skipped (groups to a depth of 100, as upb), a known field with another wire type is an
 # unknown field, the last of repeated scalars wins. A response is written field by field in field-number
 # order, the constant parts (outcome, region, market, versions) pre-encoded by the protobuf runtime itself
-# (service/batch_table.py), so that the bytes are those SerializeToString() gives.
+# (server/check/tables.py), so that the bytes are those SerializeToString() gives.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE

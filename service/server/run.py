@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from regionlock.service.errors import ServiceError
-from regionlock.service.settings import Settings, load_settings
+from regionlock.service.server.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ def serve_from_flags(flags: dict[str, Any]) -> int:
 
 
 def serve(settings: Settings) -> int:
-    from regionlock.service.auth import TokenFileError
-    from regionlock.service.embedded import prepare_embedded_data, print_examples
+    from regionlock.service.server.auth import TokenFileError
+    from regionlock.service.server.embedded import prepare_embedded_data, print_examples
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.uses_embedded_data:
@@ -37,7 +37,7 @@ def serve(settings: Settings) -> int:
     if settings.worker_count > 1:
         return _serve_workers(settings)
     # imported only here: a multi-process supervisor must not import prometheus-client before it is set up
-    from regionlock.service.server import Service, freeze_startup_objects
+    from regionlock.service.server.lifecycle import Service, freeze_startup_objects, reload_in_background
 
     try:
         service = Service(settings)
@@ -70,9 +70,9 @@ def serve(settings: Settings) -> int:
 
 def _serve_workers(settings: Settings) -> int:
     """Check the data and the token file once here, so a mistake stops the start instead of a restart loop."""
-    from regionlock.service.auth import TokenFileError, TokenStore
+    from regionlock.service.server.auth import TokenFileError, TokenStore
+    from regionlock.service.server.workers import serve_workers
     from regionlock.service.snapshot import load_data
-    from regionlock.service.workers import serve_workers
 
     try:
         load_data(settings)
@@ -85,17 +85,3 @@ def _serve_workers(settings: Settings) -> int:
         print(f"regionlock: error: {exc}", file=sys.stderr)
         return 2
     return serve_workers(settings, settings.worker_count)
-
-
-def reload_in_background(service) -> None:
-    """What SIGHUP does: reload in a thread, so the signal handler returns at once."""
-    threading.Thread(target=_reload, args=(service,), name="reload", daemon=True).start()
-
-
-def _reload(service) -> None:
-    try:
-        service.reload()
-    except ServiceError:
-        pass  # logged and counted by the holder; the old data keeps serving
-    except Exception:
-        log.exception("reload failed unexpectedly; the old data keeps serving")

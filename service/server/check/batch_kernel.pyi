@@ -1,4 +1,4 @@
-"""Type stub of regionlock.service.batch_kernel, the compiled CheckDevices fast path."""
+"""Type stub of regionlock.service.server.check.batch_kernel, the compiled CheckDevices fast path."""
 
 from datetime import datetime
 from typing import Any, final

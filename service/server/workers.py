@@ -18,7 +18,7 @@ import threading
 import time
 
 from regionlock.core.fileformat import share_loaded_files
-from regionlock.service.settings import Settings
+from regionlock.service.server.settings import Settings
 
 log = logging.getLogger(__name__)
 ADMIN = "admin"
@@ -179,8 +179,7 @@ def _exit_with_parent() -> None:
 def run_child(settings: Settings, role: str) -> int:
     """The body of one forked process: serve its role until SIGTERM, reload on SIGHUP."""
     from regionlock.service.errors import ServiceError
-    from regionlock.service.run import reload_in_background
-    from regionlock.service.server import Service, freeze_startup_objects
+    from regionlock.service.server.lifecycle import Service, freeze_startup_objects, reload_in_background
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -213,7 +212,7 @@ def run_child(settings: Settings, role: str) -> int:
         service.start()
     signal.signal(signal.SIGHUP, lambda *_: reload_in_background(service))
     if role == ADMIN and settings.uses_embedded_data:
-        from regionlock.service.embedded import print_examples
+        from regionlock.service.server.embedded import print_examples
 
         print_examples(settings, snapshot, int(settings.check_addr.rpartition(":")[2]), service.admin_port)
     stop.wait()

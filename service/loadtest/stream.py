@@ -20,8 +20,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from regionlock.service.bench import BenchError, Load, Result, metrics_url, percentiles_ms, scrape
-from regionlock.service.bench_frames import METHOD_STREAM, Mix
+from regionlock.service.loadtest.mixes import METHOD_STREAM, Mix
+from regionlock.service.loadtest.model import BenchError, Load, Result, metrics_url, percentiles_ms, scrape
 
 WINDOW = 16  # requests in flight per stream
 _START_DELAY = 3.0  # seconds for the spawned clients to import grpc and connect before they start together

@@ -6,10 +6,11 @@ import threading
 from array import array
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from regionlock.service.decision import decide
 from regionlock.service.overrides.index import OverrideIndex
+from regionlock.service.server.check.batch_kernel import Table
 from regionlock.v1 import device_check_pb2 as pb
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class BatchTable:
     geo: GeoDatabase
     allowlist: Allowlist
     policy: Policy
-    kernel: Any  # regionlock.service.batch_kernel.Table
+    kernel: Table
     outcomes: tuple[Outcome, ...]
 
     def serves(self, snapshot: Snapshot) -> bool:
@@ -78,8 +79,6 @@ def build_table(geo: GeoDatabase, allowlist: Allowlist, policy: Policy) -> Batch
     """Decide each cell with decide() itself (no override: those are looked at per item), so that the table and
     the reference path can't disagree. Regions alike to the policy (the same restricted rule, the same markets
     covering them) share a row, decided once: decide() looks at a region through these two questions only."""
-    from regionlock.service.batch_kernel import Table
-
     cell = _Cell(policy)
     markets: list[str | None] = [*allowlist.markets, None]  # the last column: not in the allowlist
     nregions = len(geo.regions)

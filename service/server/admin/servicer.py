@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf import timestamp_pb2
 
 from regionlock.admin.v1 import admin_pb2 as pb
 from regionlock.admin.v1 import admin_pb2_grpc as pb_grpc
-from regionlock.service import edge
-from regionlock.service.auth import current_principal
-from regionlock.service.check_servicer import utc_now, versions_message
 from regionlock.service.errors import InvalidArgument, NotFound, Unavailable
 from regionlock.service.overrides.model import (
     Override,
@@ -20,10 +17,31 @@ from regionlock.service.overrides.model import (
     validate_serial,
 )
 from regionlock.service.overrides.store import MAX_BULK_ITEMS
+from regionlock.service.server import edge
+from regionlock.service.server.auth import current_principal
+from regionlock.service.server.check.servicer import utc_now, versions_message
 from regionlock.service.snapshot import allowlist_built_at
 
 if TYPE_CHECKING:
-    from regionlock.service.server import Service
+    from regionlock.service.overrides.index import OverrideIndexRefresher
+    from regionlock.service.overrides.store import OverrideStore
+    from regionlock.service.server.metrics import Metrics
+    from regionlock.service.server.settings import Settings
+    from regionlock.service.snapshot import Snapshot, SnapshotHolder
+
+
+class AdminBackend(Protocol):
+    """What the servicer needs of the serving process (lifecycle.Service): given to it, never imported."""
+
+    settings: Settings
+    metrics: Metrics
+    store: OverrideStore
+    holder: SnapshotHolder
+    refresher: OverrideIndexRefresher
+    start_time: float
+
+    def reload_everywhere(self) -> Snapshot: ...
+
 
 _ACTIONS = {pb.OVERRIDE_ACTION_UNLOCK: OverrideAction.UNLOCK, pb.OVERRIDE_ACTION_LOCK: OverrideAction.LOCK}
 _PROTO_ACTIONS = {action: value for value, action in _ACTIONS.items()}
@@ -76,7 +94,7 @@ def change_from(request: pb.SetOverrideRequest) -> OverrideChange:
 class AdminServicer(pb_grpc.AdminServiceServicer):
     """Thin handlers over the store, the snapshot holder and the override index of one Service."""
 
-    def __init__(self, service: Service, clock=utc_now) -> None:
+    def __init__(self, service: AdminBackend, clock=utc_now) -> None:
         self.service = service
         self.metrics = service.metrics
         self.clock = clock

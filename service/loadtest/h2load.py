@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from regionlock.service.bench import BenchError, Body, Load
+from regionlock.service.loadtest.model import BenchError, Body, Load
 
 GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 _EXTRA_SECONDS = 30.0  # beyond the requested duration before an h2load process is killed

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from regionlock.core.errors import BuildError, DataFileError
-from regionlock.service.cli_errors import exit_usage
+from regionlock.service.cli.errors import exit_usage
 
 _PROG = "regionlock geo"
 

@@ -82,9 +82,10 @@ def _check_args(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from regionlock.service.bench import BenchError, Load, format_table, run
-    from regionlock.service.bench_frames import build_mix, open_snapshot
-    from regionlock.service.bench_h2load import h2load_path
+    from regionlock.service.loadtest.h2load import h2load_path
+    from regionlock.service.loadtest.mixes import build_mix, open_snapshot
+    from regionlock.service.loadtest.model import BenchError, Load, format_table
+    from regionlock.service.loadtest.runner import run
 
     geo, allowlist, policy = _check_args(args)
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from regionlock.service.auth import ROLES, TokenFileError, TokenStore, create_token
-from regionlock.service.cli_errors import exit_usage
+from regionlock.service.cli.errors import exit_usage
+from regionlock.service.server.auth import ROLES, TokenFileError, TokenStore, create_token
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -15,13 +15,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from regionlock.admin.v1 import admin_pb2, admin_pb2_grpc
-from regionlock.service.admin_servicer import AdminServicer
-from regionlock.service.auth import AuthInterceptor, TokenFileError, TokenStore
-from regionlock.service.check_servicer import DeviceCheckServicer, add_to_server
-from regionlock.service.metrics import Metrics, start_metrics_listener
+from regionlock.service.errors import ServiceError
+from regionlock.service.overrides.factory import open_store
 from regionlock.service.overrides.index import OverrideIndexRefresher
-from regionlock.service.overrides.store import open_store
-from regionlock.service.settings import Settings
+from regionlock.service.server.admin.servicer import AdminServicer
+from regionlock.service.server.auth import AuthInterceptor, TokenFileError, TokenStore
+from regionlock.service.server.check.servicer import DeviceCheckServicer, add_to_server
+from regionlock.service.server.metrics import Metrics, start_metrics_listener
+from regionlock.service.server.settings import Settings
 from regionlock.service.snapshot import Snapshot, SnapshotHolder, allowlist_built_at
 from regionlock.v1 import device_check_pb2
 
@@ -239,3 +240,17 @@ class Service:
         self.refresher.stop()
         self.store.close()
         log.info("stopped")
+
+
+def reload_in_background(service) -> None:
+    """What SIGHUP does: reload in a thread, so the signal handler returns at once."""
+    threading.Thread(target=_reload, args=(service,), name="reload", daemon=True).start()
+
+
+def _reload(service) -> None:
+    try:
+        service.reload()
+    except ServiceError:
+        pass  # logged and counted by the holder; the old data keeps serving
+    except Exception:
+        log.exception("reload failed unexpectedly; the old data keeps serving")

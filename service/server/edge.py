@@ -12,7 +12,7 @@ import grpc
 from google.rpc import status_pb2
 
 from regionlock.service.errors import ServiceError
-from regionlock.service.metrics import Metrics
+from regionlock.service.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal error; see the server log"

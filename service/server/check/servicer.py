@@ -1,7 +1,7 @@
 """DeviceCheckService: translates proto to decide() and back, for single, batch and streamed checks.
 
 CheckDevices takes and returns wire bytes: the batch kernel (batch_kernel.pyx) reads the request, decides the
-items from an outcome table (batch_table.py) and writes the response, with no Python object per item; the
+items from an outcome table (tables.py) and writes the response, with no Python object per item; the
 items it can't decide (invalid, explain, a live override) are decided here by decide(). The pure-Python path,
 check_devices_reference(), is its differential twin.
 """
@@ -18,21 +18,17 @@ from datetime import UTC, datetime
 
 import grpc
 
-from regionlock.service import edge
-from regionlock.service.batch_table import TableCache
 from regionlock.service.decision import Decision, decide
 from regionlock.service.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
-from regionlock.service.metrics import Metrics
 from regionlock.service.overrides.index import OverrideIndex
 from regionlock.service.overrides.model import Override
+from regionlock.service.server import edge
+from regionlock.service.server.check import batch_kernel
+from regionlock.service.server.check.tables import TableCache
+from regionlock.service.server.metrics import Metrics
 from regionlock.service.snapshot import Snapshot, SnapshotHolder
 from regionlock.v1 import device_check_pb2 as pb
 from regionlock.v1 import device_check_pb2_grpc as pb_grpc
-
-try:
-    from regionlock.service import batch_kernel
-except ImportError:  # built without the extension: CheckDevices takes the reference path
-    batch_kernel = None
 
 Clock = Callable[[], datetime]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DeviceCheckService"].full_name
@@ -242,9 +238,7 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         return field
 
     def check_device_bytes(self, request: bytes) -> bytes:
-        """One check, wire bytes in and out: the kernel's path, or the reference path if it wasn't built."""
-        if batch_kernel is None:
-            return _by_reference(request, pb.CheckDeviceRequest, self.check_device_reference)
+        """One check, wire bytes in and out: the kernel's path."""
         return self.check_device_fast(request)
 
     @edge.unary("CheckDevice")
@@ -255,10 +249,6 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
     @edge.unary("CheckDevices")
     def CheckDevices(self, request: bytes, context) -> bytes:
         """Registered with identity (de)serializers (add_to_server): wire bytes in, wire bytes out."""
-        if batch_kernel is None:
-            if count_items(request, self.max_batch + 1) > self.max_batch:
-                raise self._too_many()  # before the protobuf runtime builds a message per item
-            return _by_reference(request, pb.CheckDevicesRequest, self.check_devices_reference)
         return self.check_devices_fast(request)
 
     @edge.streaming("StreamCheckDevices")
@@ -310,19 +300,10 @@ def add_to_server(servicer: DeviceCheckServicer, server: grpc.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-def _by_reference(request: bytes, message_class, reference: Callable) -> bytes:
-    """A request's wire bytes decided by a reference path (the compiled kernel is missing), the reply's out."""
-    try:
-        parsed = message_class.FromString(request)
-    except Exception:
-        raise InvalidArgument("request", f"not a valid {message_class.DESCRIPTOR.name}") from None
-    return reference(parsed).SerializeToString()
-
-
 def count_items(data: bytes, limit: int) -> int:
     """How many `checks` (field 1) a CheckDevicesRequest's wire bytes hold, counting no further than `limit`:
-    the reference path's twin of the kernel's early stop. Malformed bytes end the count (the parse that
-    follows refuses them)."""
+    the pure-Python twin of the kernel's early stop (tests hold them to each other). Malformed bytes end the
+    count (the parse that follows refuses them)."""
     count, pos, end = 0, 0, len(data)
     while pos < end and count < limit:
         tag, pos = _varint(data, pos)

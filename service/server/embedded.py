@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from regionlock.service.settings import Settings
+from regionlock.service.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ def prepare_embedded_data(settings: Settings) -> None:
     """Build whatever of the demo data is missing in the data directory; a second start reuses it."""
     from regionlock.core.allowlist_demo import build_demo_allowlist
     from regionlock.core.geo_build import build_geo_database
-    from regionlock.service.auth import create_token
     from regionlock.service.policy import default_policy_text
+    from regionlock.service.server.auth import create_token
 
     if not settings.geo_path.exists() or _predates_ipv4_aliases(settings.geo_path):
         log.info("building the region database from GeoLite2-City into %s (once)", settings.geo_path)

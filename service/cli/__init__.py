@@ -1,0 +1,1 @@
+"""The `regionlock` command: one module per subcommand, one error path (exit 2, one line)."""

@@ -1,0 +1,1 @@
+"""Admin: the AdminService servicer over the override store, reloads and status."""
