@@ -21,10 +21,21 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _version() -> str:
+    """The installed package's version, from its metadata (pyproject.toml's at install time)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("regionlock")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from regionlock.service.cli import allowlist, bench, check, geo, policy, serve, token
 
     parser = OneLineParser(prog="regionlock", description="Region-lock decisions for device gateways.")
+    parser.add_argument("--version", action="version", version=f"regionlock {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in (serve, check, policy, geo, allowlist, token, bench):
         command.register(subparsers)
