@@ -14,13 +14,14 @@ class ServiceError(Exception):
 
 
 class InvalidArgument(ServiceError):
-    """A request field is malformed; the message names the field."""
+    """A request field is malformed; the message names the field (the edge adds it as a BadRequest detail)."""
 
     code = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.problem = problem
 
 
 class NotFound(ServiceError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -117,6 +118,13 @@ class Running:
 @pytest.fixture
 def running(world) -> Iterator[Running]:
     """The Service on the small world, started and loaded, on free ports of 127.0.0.1."""
+    with running_service(world) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_service(world: Settings) -> Iterator[Running]:
+    """A Service on `world`, started and loaded, with an operator and a viewer token (for fixtures of any scope)."""
     from regionlock.service.server.lifecycle import Service
 
     operator = create_token(world.tokens_path, "alice", "operator")

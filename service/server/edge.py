@@ -9,9 +9,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from regionlock.service.errors import ServiceError
+from regionlock.service.errors import InvalidArgument, ServiceError
 from regionlock.service.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,22 @@ def status_message(exc: ServiceError) -> status_pb2.Status:
     return status_pb2.Status(code=grpc.StatusCode[exc.code].value[0], message=exc.message)
 
 
+def call_status(exc: ServiceError) -> status_pb2.Status:
+    """A domain error as the google.rpc.Status that ends a call: an InvalidArgument also names its field as a
+    google.rpc.BadRequest field violation in `details` (clients read it with grpc_status.rpc_status.from_call)."""
+    status = status_message(exc)
+    if isinstance(exc, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.problem)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return status
+
+
 def _abort(metrics: Metrics, context: grpc.ServicerContext, method: str, exc: Exception) -> None:
+    """End the call with the status of `exc` (the error path only: the success path builds nothing here)."""
     code, message = status_of(exc, method)
     metrics.rpc_errors.labels(method, code.name).inc()
+    if isinstance(exc, InvalidArgument):
+        context.abort_with_status(rpc_status.to_status(call_status(exc)))
     context.abort(code, message)
 
 
