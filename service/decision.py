@@ -17,14 +17,14 @@ if TYPE_CHECKING:
 
 
 class Verdict(enum.IntEnum):
-    """What the device must do now (values match the proto enum)."""
+    """What the device must do now: regionlock.v1.Verdict without its prefix (test_enums_match_proto.py)."""
 
     ALLOW = 1
     BLOCK = 2
 
 
 class Reason(enum.IntEnum):
-    """Which step decided (values match the proto enum)."""
+    """Which step decided: regionlock.v1.Reason without its prefix (test_enums_match_proto.py)."""
 
     AUTHORIZED = 1
     REGION_RESTRICTED = 2
