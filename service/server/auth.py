@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 
 from regionlock.service.errors import PermissionDenied, Unauthenticated
+from regionlock.service.server import edge
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                         self.on_denied(exc.code)
                     except Exception:
                         logger.exception("on_denied callback failed")
-                context.abort(grpc.StatusCode[exc.code], exc.message)
+                edge.abort(context, exc)
 
             return deny
 

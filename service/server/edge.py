@@ -6,14 +6,16 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from regionlock.service.errors import InvalidArgument, ServiceError
-from regionlock.service.server.metrics import Metrics
+
+if TYPE_CHECKING:  # auth imports this module: a supervisor must not import prometheus-client early (workers.py)
+    from regionlock.service.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal error; see the server log"
@@ -42,12 +44,20 @@ def call_status(exc: ServiceError) -> status_pb2.Status:
     return status
 
 
+def abort(context: grpc.ServicerContext, exc: ServiceError) -> NoReturn:
+    """End the call with a domain error's status: the one place a ServiceError becomes a call's status."""
+    if isinstance(exc, InvalidArgument):
+        context.abort_with_status(rpc_status.to_status(call_status(exc)))
+    context.abort(grpc.StatusCode[exc.code], exc.message)
+    raise AssertionError("grpc's abort returned")  # it raises; this tells type checkers
+
+
 def _abort(metrics: Metrics, context: grpc.ServicerContext, method: str, exc: Exception) -> None:
     """End the call with the status of `exc` (the error path only: the success path builds nothing here)."""
     code, message = status_of(exc, method)
     metrics.rpc_errors.labels(method, code.name).inc()
-    if isinstance(exc, InvalidArgument):
-        context.abort_with_status(rpc_status.to_status(call_status(exc)))
+    if isinstance(exc, ServiceError):
+        abort(context, exc)
     context.abort(code, message)
 
 

@@ -129,3 +129,10 @@ def test_grpcurl_prints_a_readable_error(server):
     assert "Message: ip: expected an IPv4 or IPv6 address, got 'not-an-ip'" in result.stderr
     assert "google.rpc.BadRequest" in result.stderr  # the detail, decoded
     assert re.search(r'"field":\s*"ip"', result.stderr), result.stderr
+
+
+def test_the_edge_imports_no_prometheus_client():
+    # auth (and so the edge) is imported by the supervisor of `serve --workers N` before it sets up the
+    # multiprocess metrics directory, which must come before prometheus_client is imported (workers.py)
+    code = "import sys, regionlock.service.server.auth; sys.exit('prometheus_client' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
