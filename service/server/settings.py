@@ -87,7 +87,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 def _convert(name: str, value: Any) -> Any:
     """Turn a raw value from a flag, the environment or the file into the field's type, or raise."""
     default = FIELDS[name].default
-    kind = Path if default is None or isinstance(default, Path) else type(default)
+    kind: type[Any] = Path if default is None or isinstance(default, Path) else type(default)
     if name == "store":
         kind = str
     try:
