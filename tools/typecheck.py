@@ -58,7 +58,7 @@ def typecheck(sources: list[BuildSource]) -> int:
         print(message)
     errors = sum(": error:" in message for message in messages)
     print(f"typecheck: {errors} errors" if errors else "typecheck: no issues")
-    return 1 if messages else 0
+    return 1 if errors else 0
 
 
 def compiled_modules(sources: list[BuildSource]) -> list[str]:
