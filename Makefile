@@ -16,6 +16,7 @@ test: $(STAMP) lint pytest
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/typecheck.py  # mypy (strict, pyproject.toml) and stubtest of the compiled modules' .pyi
 
 pytest: $(STAMP)
 	$(BIN)/pytest -W error

@@ -58,7 +58,8 @@ class ReferenceGeoDatabase:
         self.regions: list[tuple[str, str | None]] = [("", None)]
         ids: dict[tuple[str, str | None], int] = {}
         for rows in sources:
-            table, ranges = {}, []
+            table: dict[tuple[int, int, int], tuple[int, tuple[str, str | None]]] = {}
+            ranges: list[tuple[int, int, int, int, tuple[str, str | None]]] = []
             for row, (network, country, subdivision) in enumerate(rows):
                 region = (country, subdivision or None)
                 if region not in ids:
@@ -80,12 +81,12 @@ class ReferenceGeoDatabase:
         for alias in self.aliases if address.version == 6 else ():  # (`in` would mix IPv4 into ::/96)
             if address in alias:
                 shift = 96 - alias.prefixlen
-                region = self.lookup(ipaddress.IPv4Address((int(address) >> shift) & 0xFFFFFFFF))
-                if region is None or region.network is None:
-                    return region
-                length = alias.prefixlen + ipaddress.IPv4Network(region.network).prefixlen
+                mapped = self.lookup(ipaddress.IPv4Address((int(address) >> shift) & 0xFFFFFFFF).packed)
+                if mapped is None or mapped.network is None:
+                    return mapped
+                length = alias.prefixlen + ipaddress.IPv4Network(mapped.network).prefixlen
                 network = ipaddress.IPv6Network((int(address), length), strict=False)
-                return Region(region.country, region.subdivision, str(network))
+                return Region(mapped.country, mapped.subdivision, str(network))
         value, bits = int(address), address.max_prefixlen
         for table, ranges in zip(reversed(self._sources), reversed(self._ranges), strict=True):
             pieces: dict[int, tuple[int, tuple[str, str | None]]] = {}
@@ -99,8 +100,7 @@ class ReferenceGeoDatabase:
                 if found:
                     region = max(found)[1]
                     kind = ipaddress.IPv4Network if address.version == 4 else ipaddress.IPv6Network
-                    network = kind((start, prefix))
-                    return Region(region[0], region[1], str(network))
+                    return Region(region[0], region[1], str(kind((start, prefix))))
         return None
 
     def lookup_many(self, ips: Iterable[str | bytes | int]) -> list[Region | None]:

@@ -5,8 +5,11 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from typing_extensions import disjoint_base
+
 from regionlock.core.fileformat import FileHeader
 
+@disjoint_base
 class Allowlist:
     """A read-only allowlist, its file read once into private memory: serial -> market."""
 
@@ -18,7 +21,7 @@ class Allowlist:
     def get_many_ids(self, serials: Iterable[str]) -> array.array[int]: ...
     def entry(self, i: int) -> tuple[str, str]: ...
     def __len__(self) -> int: ...
-    def __contains__(self, serial: object) -> bool: ...
+    def __contains__(self, serial: object, /) -> bool: ...
     @property
     def markets(self) -> list[str]: ...
     @property

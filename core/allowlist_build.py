@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from regionlock.core import allowlist_format as fmt
 from regionlock.core.allowlist_demo_rows import demo_rows
@@ -393,7 +393,7 @@ def _build(
         fine_len = (2 * (1 << bits) + 7) // 8 * 8
         smp_len = len(samples) * 8
         rec_len = merger.records_len
-        metadata = {
+        metadata: dict[str, Any] = {
             "kind": "regionlock-allowlist",
             "build_time": build_time(),
             "sources": source_meta,
@@ -449,7 +449,9 @@ def _merge(
     """Merge the sorted runs into records.bin and dir.bin in the temporary folder (in a thread, for progress)."""
     run_files = [open(path, "rb") for path, _, _ in job.runs]  # noqa: SIM115 - closed below
     try:
-        runs = [(f, count, worker_markets[w]) for f, (_, count, w) in zip(run_files, job.runs, strict=True)]
+        runs: list[tuple[BinaryIO, int, list[str]]] = [
+            (f, count, worker_markets[w]) for f, (_, count, w) in zip(run_files, job.runs, strict=True)
+        ]
         buf_bytes = min(4 << 20, max(64 << 10, job.budget // 2 // max(len(runs), 1)))
         merger = Merger(runs, markets, fine_bits, buf_bytes)
         failure: list[BaseException] = []

@@ -3,8 +3,11 @@
 import array
 from typing import BinaryIO
 
+from typing_extensions import disjoint_base
+
 REC_SIZE: int
 
+@disjoint_base
 class RunBuffer:
     capacity: int
     size: int
@@ -21,6 +24,7 @@ class RunBuffer:
     def sort_dedup(self) -> tuple[int, list[tuple[str, str, str]]]: ...
     def write_to(self, f: BinaryIO) -> None: ...
 
+@disjoint_base
 class Merger:
     count: int
     duplicates: int

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import mmap
 import os
@@ -264,7 +265,7 @@ def load_data_file(
     return copy, header
 
 
-def _read_exactly(f: BinaryIO, copy: mmap.mmap, name: str) -> None:
+def _read_exactly(f: io.FileIO, copy: mmap.mmap, name: str) -> None:
     """Fill `copy` from `f` (see _copy_exactly)."""
     view = memoryview(copy)
     try:

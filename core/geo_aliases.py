@@ -26,7 +26,7 @@ def parse_aliases(value: object) -> tuple[Alias, ...]:
     address order. Raise ValueError saying what is wrong."""
     if not isinstance(value, list) or len(value) > MAX_ALIASES or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{METADATA_KEY} is not a list of at most {MAX_ALIASES} strings")
-    aliases = []
+    aliases: list[Alias] = []
     for text in value:
         try:
             network = ipaddress.IPv6Network(text)  # strict: host bits set is an error

@@ -1,7 +1,8 @@
 """Type stub of regionlock.core.geo_compile, the geo build's compiled table painters."""
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, disjoint_base
 
+@disjoint_base
 class V4Painter:
     """DIR-24-8 tables painted network by network."""
 
@@ -10,6 +11,7 @@ class V4Painter:
     def finish(self) -> tuple[bytes, bytes]:
         """(tbl24, tbl8)."""
 
+@disjoint_base
 class V6Painter:
     """The IPv6 multibit trie painted network by network."""
 

@@ -131,13 +131,13 @@ def _field_path(name: str) -> tuple[bytes | int, ...]:
 class MMDBNetworks:
     """The networks of one MaxMind DB file with their region ids, as arrays for the painters."""
 
-    v4_starts: array
-    v4_prefixes: array
-    v4_regions: array
-    v6_high: array
-    v6_low: array
-    v6_prefixes: array
-    v6_regions: array
+    v4_starts: array[int]
+    v4_prefixes: array[int]
+    v4_regions: array[int]
+    v6_high: array[int]
+    v6_low: array[int]
+    v6_prefixes: array[int]
+    v6_regions: array[int]
     metadata: dict[str, Any]
     invalid: int  # networks whose record carries a region code that is not ISO 3166
     invalid_examples: list[str]
@@ -234,8 +234,8 @@ def read_mmdb(
             raise BuildError("no networks in the search tree")
         if not any(v4r) and not any(v6r):
             if refused:
-                examples = "; ".join(list(dict.fromkeys(refused.values()))[:5])
-                raise BuildError(f"no record holds an ISO 3166 region code; e.g. {examples}")
+                some = "; ".join(list(dict.fromkeys(refused.values()))[:5])
+                raise BuildError(f"no record holds an ISO 3166 region code; e.g. {some}")
             raise BuildError(
                 f"no {layout.describe()} in any record; fields seen: {_fields_seen(records, itertools.chain(v4o, v6o))}"
                 " (geo build --country-field NAME reads a flat field)"

@@ -3,7 +3,7 @@
 from array import array
 from collections.abc import Callable
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, disjoint_base
 
 def walk_mmdb_tree(
     tree: Buffer, node_count: int, record_size: int, ip_version: int, data_size: int
@@ -16,6 +16,7 @@ def walk_mmdb_tree(
 def region_ids_for_offsets(offsets: Buffer, resolve: Callable[[int], int]) -> array[int]:
     """Each data offset's region id, `resolve` called once per distinct offset."""
 
+@disjoint_base
 class MMDBData:
     """The data section of a MaxMind DB file, decoded field by field."""
 

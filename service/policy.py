@@ -107,8 +107,10 @@ class Policy:
     messages: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(dict(DEFAULT_MESSAGES)))
     version: str = ""
     # Memo of per-region answers: regions are few, and the check path asks the same ones again and again.
-    _restricted_memo: dict = field(default_factory=dict, repr=False, compare=False)
-    _market_memo: dict = field(default_factory=dict, repr=False, compare=False)
+    _restricted_memo: dict[tuple[str, str | None], RestrictedRule | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    _market_memo: dict[tuple[str, str, str | None], bool] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def monitor(self) -> bool:
@@ -214,7 +216,7 @@ def _parse_restricted(raw: Any, data: DataRegions | None) -> tuple[RestrictedRul
             raise PolicyError(f"{key}.regions: missing")
         regions = _region_list(rule["regions"], f"{key}.regions", False, data)
         absent = absent_regions(regions, data)
-        if absent and not allow_absent:
+        if absent and data is not None and not allow_absent:  # (absent is empty without data)
             raise PolicyError(_absent_message(f"{key}.regions", absent, data))
         rules.append(RestrictedRule(rule_id, regions, message, allow_absent))
     return tuple(rules)

@@ -10,7 +10,7 @@ from pathlib import Path
 MODES = ("unary", "batch", "stream")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `bench` command."""
     parser = subparsers.add_parser(
         "bench",

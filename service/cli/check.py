@@ -34,7 +34,7 @@ def _check(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
-                fail(exc.details())
+                fail(exc.details() or code.name)
             print(f"regionlock check: {code.name}: {exc.details()}", file=sys.stderr)
             return 1
     print(json_format.MessageToJson(response, indent=2))

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from regionlock.service.cli.errors import UsageError, report
 from regionlock.service.server.settings import SettingsError
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 class OneLineParser(argparse.ArgumentParser):
     """argparse with bad usage reported as one line on stderr (exit code 2), not a usage block."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -46,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except (UsageError, SettingsError) as exc:
         return report("regionlock: error", exc)
     except KeyboardInterrupt:

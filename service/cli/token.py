@@ -9,7 +9,7 @@ from regionlock.service.cli.errors import exit_usage
 from regionlock.service.server.auth import ROLES, TokenFileError, TokenStore, create_token
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `token` command and its `create` and `list` subcommands."""
     token = subparsers.add_parser("token", help="manage Admin API tokens")
     commands = token.add_subparsers(dest="token_command", required=True, metavar="{create,list}")

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from regionlock.service.loadtest.model import BenchError, Body, Load
@@ -50,7 +51,17 @@ def _parse_h2load(text: str) -> dict[str, float]:
     return out
 
 
-def _h2load_args(target, body_path, body: Body, clients, load: Load, duration, requests, log_path, rate=None):
+def _h2load_args(
+    target: str,
+    body_path: Path,
+    body: Body,
+    clients: int,
+    load: Load,
+    duration: float,
+    requests: int | None,
+    log_path: Path | None,
+    rate: float | None = None,
+) -> list[str]:
     """One h2load process: `clients` connections of `load.streams` streams each, for a time or a count.
 
     With `rate` (calls per second per connection) the connections open one per millisecond, so that their
@@ -81,7 +92,15 @@ def connection_plan(load: Load, n_bodies: int) -> tuple[int, float | None]:
     return clients, load.rate / clients
 
 
-def _jobs(target, bodies: list[Body], load: Load, workdir: Path, duration, requests, keep_logs):
+def _jobs(
+    target: str,
+    bodies: list[Body],
+    load: Load,
+    workdir: Path,
+    duration: float,
+    requests: int | None,
+    keep_logs: bool,
+) -> list[tuple[Body, list[str], Path | None]]:
     """The h2load command lines, one process per body, the connections (and calls) split among them.
 
     At a fixed rate, each connection sends at most MAX_CONNECTION_RATE calls per second (more connections if
@@ -92,9 +111,10 @@ def _jobs(target, bodies: list[Body], load: Load, workdir: Path, duration, reque
     if load.rate and requests is None:
         requests = max(clients, round(duration * load.rate))
     jobs = []
+    counts: Sequence[int | None]
     split_clients = _split(clients, len(bodies))
     if load.rate:  # every connection the same number of calls, so that all finish together
-        counts = [math.ceil(requests / clients) * n for n in split_clients]
+        counts = [math.ceil((requests or 0) / clients) * n for n in split_clients]
     elif requests is not None:
         counts = _split(requests, len(bodies))
     else:

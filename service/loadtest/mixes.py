@@ -15,10 +15,16 @@ from array import array
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from regionlock.service.decision import Reason, decide
 from regionlock.service.errors import ServiceError
 from regionlock.v1 import device_check_pb2 as pb
+
+if TYPE_CHECKING:
+    from regionlock.core.allowlist import Allowlist
+    from regionlock.core.geo import GeoDatabase
+    from regionlock.service.snapshot import Snapshot
 
 # The reasons the data files alone can produce; the override reasons need overrides in the store.
 DATA_REASONS = (
@@ -92,7 +98,7 @@ class Mix:
         ]
 
 
-def _probe_addresses(geo, rng: random.Random, per_region: int) -> tuple[dict[int, list[str]], list[str]]:
+def _probe_addresses(geo: GeoDatabase, rng: random.Random, per_region: int) -> tuple[dict[int, list[str]], list[str]]:
     """Addresses by region id from one random address per /16 of 1.0.0.0-223.255.255.255; and unknown ones."""
     values = array("I", ((a << 24) | (b << 16) | rng.getrandbits(16) for a in range(1, 224) for b in range(256)))
     ids = geo.region_ids_v4(values)
@@ -109,7 +115,9 @@ def _probe_addresses(geo, rng: random.Random, per_region: int) -> tuple[dict[int
     return by_region, unknown
 
 
-def _sample_serials(allowlist, rng: random.Random, per_market: int, draws: int = 5000) -> dict[str, list[str]]:
+def _sample_serials(
+    allowlist: Allowlist, rng: random.Random, per_market: int, draws: int = 5000
+) -> dict[str, list[str]]:
     by_market: dict[str, list[str]] = {}
     n = len(allowlist)
     for _ in range(min(draws, n * 4)):
@@ -122,7 +130,7 @@ def _sample_serials(allowlist, rng: random.Random, per_market: int, draws: int =
     return by_market
 
 
-def open_snapshot(geo_path: Path, allowlist_path: Path, policy_path: Path):
+def open_snapshot(geo_path: Path, allowlist_path: Path, policy_path: Path) -> Snapshot:
     """The data files and policy as a Snapshot with no overrides (what a fresh server decides)."""
     from regionlock.core.allowlist import Allowlist
     from regionlock.core.geo import GeoDatabase
@@ -139,7 +147,7 @@ def open_snapshot(geo_path: Path, allowlist_path: Path, policy_path: Path):
     )
 
 
-def build_mix(snapshot, seed: int = 0, per_reason: int = 16, max_regions: int = 400) -> Mix:
+def build_mix(snapshot: Snapshot, seed: int = 0, per_reason: int = 16, max_regions: int = 400) -> Mix:
     """Decide candidate pairs over the snapshot and keep up to `per_reason` examples of each reason."""
     rng = random.Random(seed)
     by_region, unknown_ips = _probe_addresses(snapshot.geo, rng, per_region=2)

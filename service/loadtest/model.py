@@ -12,7 +12,10 @@ from __future__ import annotations
 import math
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 from regionlock.service.loadtest.mixes import METHOD_BATCH, METHOD_UNARY, Mix
 
@@ -71,7 +74,7 @@ class Result:
     def error_count(self) -> int:
         return sum(self.errors.values())
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -92,7 +95,7 @@ def probe(target: str, bodies: list[Body], timeout: float = 10.0) -> list[Body]:
     probed = []
     with grpc.insecure_channel(target) as channel:
         for body in bodies:
-            call = channel.unary_unary(body.method)
+            call: Callable[..., bytes] = channel.unary_unary(body.method)
             try:
                 response = call(body.frame[5:], timeout=timeout, wait_for_ready=True)
             except grpc.RpcError as exc:
@@ -107,8 +110,8 @@ def probe(target: str, bodies: list[Body], timeout: float = 10.0) -> list[Body]:
 @dataclass
 class ServerCounts:
     decisions: float = 0.0
-    rpc_errors: Counter = field(default_factory=Counter)  # (method, code) -> n
-    item_errors: Counter = field(default_factory=Counter)  # code -> n
+    rpc_errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (method, code) -> n
+    item_errors: Counter[str] = field(default_factory=Counter)  # code -> n
 
     def __sub__(self, other: ServerCounts) -> ServerCounts:
         return ServerCounts(
@@ -139,9 +142,10 @@ def scrape(url: str, timeout: float = 10.0) -> ServerCounts:
             if sample.name == "regionlock_decisions_total":
                 counts.decisions += sample.value
             elif sample.name == "regionlock_rpc_errors_total":
-                counts.rpc_errors[(sample.labels.get("method", ""), sample.labels.get("code", ""))] += sample.value
+                code = (sample.labels.get("method", ""), sample.labels.get("code", ""))
+                counts.rpc_errors[code] += int(sample.value)  # (whole counts, in a float)
             elif sample.name == "regionlock_check_item_errors_total":
-                counts.item_errors[sample.labels.get("code", "")] += sample.value
+                counts.item_errors[sample.labels.get("code", "")] += int(sample.value)
     return counts
 
 
@@ -160,9 +164,14 @@ def percentiles_ms(values: list[int] | list[float], scale: float = 1e-3) -> dict
 # --- one verified run ------------------------------------------------------------------------------------------
 
 
-def verify(result: Result, runs, before: ServerCounts | None, after: ServerCounts | None) -> None:
+def verify(
+    result: Result,
+    runs: list[tuple[Body, dict[str, float], Path | None]],
+    before: ServerCounts | None,
+    after: ServerCounts | None,
+) -> None:
     """Turn h2load's counts, the bytes received and the server's counters into ok calls and errors."""
-    errors: Counter = Counter()
+    errors: Counter[str] = Counter()
     ok_calls = 0
     in_flight = 0
     items = runs[0][0].items

@@ -18,7 +18,9 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from regionlock.service.loadtest.mixes import METHOD_STREAM, Mix
 from regionlock.service.loadtest.model import BenchError, Load, Result, metrics_url, percentiles_ms, scrape
@@ -27,7 +29,15 @@ WINDOW = 16  # requests in flight per stream
 _START_DELAY = 3.0  # seconds for the spawned clients to import grpc and connect before they start together
 
 
-def _one_stream(call, messages, deadline, limit, interval, timeout, out) -> None:
+def _one_stream(
+    call: Callable[..., Iterator[bytes]],
+    messages: list[bytes],
+    deadline: float,
+    limit: int | None,
+    interval: float,
+    timeout: float,
+    out: dict[str, Any],
+) -> None:
     """One stream: send until the deadline or the limit, WINDOW in flight; record latencies and errors."""
     import grpc
 
@@ -37,7 +47,7 @@ def _one_stream(call, messages, deadline, limit, interval, timeout, out) -> None
     sent: collections.deque[int] = collections.deque()
     start = time.monotonic()
 
-    def requests():
+    def requests() -> Iterator[bytes]:
         i = 0
         while (limit is None or i < limit) and time.monotonic() < deadline:
             if interval:
@@ -72,20 +82,20 @@ def client_process(
     duration: float,
     limit: int | None,
     rate: float | None,
-) -> dict:
+) -> dict[str, Any]:
     """The body of one client process: one channel, `streams` threads with one stream each."""
     import grpc
 
     with grpc.insecure_channel(target) as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
-        call = channel.stream_stream(METHOD_STREAM)
+        call: Callable[..., Iterator[bytes]] = channel.stream_stream(METHOD_STREAM)
         time.sleep(max(0.0, start_at - time.time()))
         cpu0, wall0 = os.times(), time.monotonic()
         deadline = wall0 + duration
         limits = (
             [None] * streams if limit is None else [limit // streams + (i < limit % streams) for i in range(streams)]
         )
-        outs = [{"ok": 0, "latencies": [], "errors": Counter()} for _ in range(streams)]
+        outs: list[dict[str, Any]] = [{"ok": 0, "latencies": [], "errors": Counter()} for _ in range(streams)]
         interval = streams / rate if rate else 0.0
         threads = [
             threading.Thread(
@@ -99,7 +109,7 @@ def client_process(
             thread.join()
         wall = time.monotonic() - wall0
         cpu1 = os.times()
-    errors: Counter = Counter()
+    errors: Counter[str] = Counter()
     for out in outs:
         errors.update(out["errors"])
     return {
@@ -111,7 +121,15 @@ def client_process(
     }
 
 
-def _run_clients(outdir: Path, target, messages, load: Load, limits, rate, processes: int) -> list[dict]:
+def _run_clients(
+    outdir: Path,
+    target: str,
+    messages: list[bytes],
+    load: Load,
+    limits: list[int | None],
+    rate: float | None,
+    processes: int,
+) -> list[dict[str, Any]]:
     """Start the client processes together, wait for their JSON results (killing any that overrun)."""
     start_at = time.time() + _START_DELAY
     clients = []
@@ -128,10 +146,12 @@ def _run_clients(outdir: Path, target, messages, load: Load, limits, rate, proce
         output = outdir / f"client-{i}.json"
         with open(output, "wb") as out:
             process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=out)
+        assert process.stdin is not None  # (stdin=PIPE)
         process.stdin.write(json.dumps(job).encode())
         process.stdin.close()
         clients.append((process, output))
-    outs, deadline = [], time.monotonic() + _START_DELAY + load.duration + 60
+    outs: list[dict[str, Any]] = []
+    deadline = time.monotonic() + _START_DELAY + load.duration + 60
     try:
         for process, output in clients:
             try:
@@ -161,7 +181,7 @@ def run_stream(target: str, mix: Mix, load: Load, metrics: str | None) -> Result
     )
     messages = mix.stream_messages()
     url = metrics_url(metrics) if metrics else None
-    limits = (
+    limits: list[int | None] = (
         [None] * processes
         if load.requests is None
         else [load.requests // processes + (i < load.requests % processes) for i in range(processes)]
@@ -172,7 +192,7 @@ def run_stream(target: str, mix: Mix, load: Load, metrics: str | None) -> Result
         outs = _run_clients(Path(outdir), target, messages, load, limits, rate, processes)
     time.sleep(0.2)
     after = scrape(url) if url else None
-    errors: Counter = Counter()
+    errors: Counter[str] = Counter()
     for out in outs:
         errors.update(out["errors"])
     ok = sum(o["ok"] for o in outs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -127,12 +128,18 @@ def parse_url(url: str) -> PgConfig:
         raise InvalidArgument("store", f"bad pool_size, pool_timeout or start_timeout: {exc}") from None
     if pool_size < 1 or pool_timeout <= 0 or start_timeout < 0:
         raise InvalidArgument("store", "pool_size and pool_timeout must be positive, start_timeout not negative")
-    return PgConfig(make_conninfo(**params), schema, pool_size, pool_timeout, start_timeout)
+    return PgConfig(make_conninfo("", **params), schema, pool_size, pool_timeout, start_timeout)
 
 
 def channel_for(schema: str) -> str:
     """The NOTIFY channel of the store in `schema` (channels are per database, so the schema is in it)."""
     return CHANNEL if schema == "public" else f"{CHANNEL}.{schema}"
+
+
+def _first(row: tuple[Any, ...] | None) -> Any:
+    """The first column of the row of a query that always returns one."""
+    assert row is not None
+    return row[0]
 
 
 def migrate(conn: psycopg.Connection, schema: str | None) -> str:
@@ -142,7 +149,7 @@ def migrate(conn: psycopg.Connection, schema: str | None) -> str:
     together queue on it, the first one migrates, the others find the work done. Safe to run again.
     """
     with conn.transaction():
-        name = schema or conn.execute("SELECT current_schema()").fetchone()[0]
+        name = schema or _first(conn.execute("SELECT current_schema()").fetchone())
         if name is None:
             raise FailedPrecondition("override store (PostgreSQL): no schema on the search_path; add ?schema=NAME")
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, name))
@@ -152,7 +159,7 @@ def migrate(conn: psycopg.Connection, schema: str | None) -> str:
             "CREATE TABLE IF NOT EXISTS regionlock_schema (id integer PRIMARY KEY CHECK (id = 1), version integer)"
         )
         conn.execute("INSERT INTO regionlock_schema (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
-        version = conn.execute("SELECT version FROM regionlock_schema WHERE id = 1").fetchone()[0]
+        version = _first(conn.execute("SELECT version FROM regionlock_schema WHERE id = 1").fetchone())
         if version > len(MIGRATIONS):
             raise FailedPrecondition(
                 f"override store (PostgreSQL) schema {name} has version {version}; this build knows up to "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import builtins
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -68,19 +69,19 @@ class Dialect:
             " LEFT JOIN overrides o ON o.serial = c.serial"
         )
 
-    def override(self, row: Sequence) -> Override:
+    def override(self, row: Sequence[Any]) -> Override:
         """The Override of a row of `columns`."""
         serial, action, reason, ticket, actor, created, expires, rev = row
         expire = None if expires is None else self.time_from_db(expires)
         return Override(serial, OverrideAction(action), reason, ticket, actor, self.time_from_db(created), expire, rev)
 
-    def override_params(self, o: Override) -> tuple:
+    def override_params(self, o: Override) -> tuple[Any, ...]:
         """The values of `columns` for an override."""
         expire = None if o.expire_time is None else self.time_to_db(o.expire_time)
         created = self.time_to_db(o.create_time)
         return (o.serial, o.action.value, o.reason, o.ticket, o.actor, created, expire, o.revision)
 
-    def event(self, row: Sequence) -> AuditEvent:
+    def event(self, row: Sequence[Any]) -> AuditEvent:
         """The AuditEvent of a row of `audit_select`."""
         event_id, rev, time_, actor, action, serial, before, after, reason, ticket = row
         return AuditEvent(
@@ -96,18 +97,18 @@ class Dialect:
             event_id=event_id,
         )
 
-    def event_params(self, e: AuditEvent) -> tuple:
+    def event_params(self, e: AuditEvent) -> tuple[Any, ...]:
         """The values of `audit_columns` for an event."""
         before, after = override_json(e.before), override_json(e.after)
         return (e.revision, self.time_to_db(e.time), e.actor, e.action, e.serial, before, after, e.reason, e.ticket)
 
     def list_query(
         self, after: str, action: OverrideAction | None, include_expired: bool, now: datetime, limit: int
-    ) -> tuple[str, list]:
+    ) -> tuple[str, list[Any]]:
         """The query and arguments of up to `limit` overrides after serial `after`, in serial order."""
         mark = self.mark
         query = f"{self.select} WHERE serial > {mark}"
-        args: list = [after]
+        args: list[Any] = [after]
         if action is not None:
             query += f" AND action = {mark}"
             args.append(action.value)
@@ -118,10 +119,11 @@ class Dialect:
         args.append(limit)
         return query, args
 
-    def audit_query(self, before_id: int | None, serial: str, limit: int) -> tuple[str, list]:
+    def audit_query(self, before_id: int | None, serial: str, limit: int) -> tuple[str, list[Any]]:
         """The query and arguments of up to `limit` audit events before `before_id` (of `serial`), newest first."""
         query = self.audit_select
-        conditions, args = [], []
+        conditions: list[str] = []
+        args: list[Any] = []
         if before_id is not None:
             conditions.append(f"id < {self.mark}")
             args.append(before_id)
@@ -145,11 +147,11 @@ class SqlWriter:
         self.conn = conn
 
     def current(self) -> int:
-        return self.conn.execute("SELECT value FROM revision WHERE id = 1").fetchone()[0]
+        return int(self.conn.execute("SELECT value FROM revision WHERE id = 1").fetchone()[0])
 
     def next_revision(self) -> int:
         (value,) = self.conn.execute("UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value").fetchone()
-        return value
+        return int(value)
 
     def remove(self, serial: str) -> None:
         self.conn.execute(f"DELETE FROM overrides WHERE serial = {self.dialect.mark}", (serial,))
@@ -215,7 +217,7 @@ class SqlOverrideStore(OverrideStore):
         with self._write() as writer:
             return write_bulk(writer, items, actor, now, dry_run=False)
 
-    def list_audit(self, page_size: int, page_token: str, serial: str) -> tuple[list[AuditEvent], str]:
+    def list_audit(self, page_size: int, page_token: str, serial: str) -> tuple[builtins.list[AuditEvent], str]:
         size, serial, before_id = audit_request(page_size, page_token, serial)
         query, args = self.dialect.audit_query(before_id, serial, size + 1)
         with self._connection() as conn:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import abc
 import base64
+import builtins
 import hashlib
 import hmac
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from regionlock.service.errors import InvalidArgument, NotFound
 from regionlock.service.overrides.model import (
@@ -71,7 +72,7 @@ class OverrideStore(abc.ABC):
         """Set all changes in one transaction, or none; dry_run counts and writes nothing."""
 
     @abc.abstractmethod
-    def list_audit(self, page_size: int, page_token: str, serial: str) -> tuple[list[AuditEvent], str]:
+    def list_audit(self, page_size: int, page_token: str, serial: str) -> tuple[builtins.list[AuditEvent], str]:
         """One page of audit events, newest first, optionally only those of `serial` ("" for all)."""
 
     @abc.abstractmethod
@@ -183,11 +184,14 @@ def write_set(tx: StoreWriter, change: OverrideChange, actor: str, now: datetime
     existing = tx.get_many([change.serial])
     before = existing.get(change.serial)
     changed = before is None or not before.same_request(change)
-    rev = tx.next_revision() if changed else before.revision
+    rev = tx.next_revision() if changed or before is None else before.revision
     writes, events = plan_sets([change], existing, actor, now, rev)
     tx.put(writes)
     tx.append(events)
-    return (writes[0] if writes else before), rev
+    if writes:
+        return writes[0], rev
+    assert before is not None  # nothing written: the change is the override already stored
+    return before, rev
 
 
 def write_delete(tx: StoreWriter, serial: str, reason: str, ticket: str, actor: str, now: datetime) -> int:
@@ -235,11 +239,24 @@ def audit_request(page_size: int, page_token: str, serial: str) -> tuple[int, st
     return size, serial, decode_page_token(page_token, "audit", {"serial": serial})
 
 
-def _event(revision, now, actor, action, before, after, item: OverrideChange) -> AuditEvent:
+def _event(
+    revision: int,
+    now: datetime,
+    actor: str,
+    action: str,
+    before: Override | None,
+    after: Override | None,
+    item: OverrideChange,
+) -> AuditEvent:
     return AuditEvent(revision, now, actor, action, item.serial, before, after, item.reason, item.ticket)
 
 
-def cut_page(rows: list, size: int, kind: str, filters: dict[str, Any], position: Callable[[Any], Any]):
+_Row = TypeVar("_Row")
+
+
+def cut_page(
+    rows: list[_Row], size: int, kind: str, filters: dict[str, Any], position: Callable[[_Row], Any]
+) -> tuple[list[_Row], str]:
     """Given up to size + 1 rows, the page and the token of the next one ("" when this is the last)."""
     if len(rows) <= size:
         return rows, ""

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
@@ -33,6 +34,12 @@ from regionlock.service.errors import PermissionDenied, Unauthenticated
 from regionlock.service.server import edge
 
 logger = logging.getLogger(__name__)
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+# a unary handler's behavior, (request, context) -> response, and a function that wraps one
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+Wrap = Callable[[Behavior], Behavior]
 
 ROLES = {"viewer": 1, "operator": 2}  # each role may do what the roles ranked below it may
 ADMIN_PREFIX = "/regionlock.admin.v1.AdminService/"
@@ -88,7 +95,7 @@ class TokenStore:
         self._by_id = {entry.token_id: entry for entry in entries}
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TokenStore:
+    def load(cls, path: str | os.PathLike[str]) -> TokenStore:
         """Read and check a token file; TokenFileError when it is missing or malformed."""
         path = Path(path)
         try:
@@ -129,7 +136,7 @@ class TokenStore:
             raise Unauthenticated("authorization metadata must be `Bearer <token>`")
         match = _SECRET_RE.fullmatch(credential.strip())
         entry = self._by_id.get(match.group(1)) if match else None
-        if entry is None:
+        if match is None or entry is None:
             raise Unauthenticated("unknown token")
         secret = base64.urlsafe_b64decode(match.group(2) + "=")
         # the last character carries 2 unused bits: accept only the one spelling create_token printed
@@ -153,7 +160,7 @@ def authorize(principal: Principal, method: str) -> None:
         raise PermissionDenied(f"token {principal.name!r} (role {principal.role}) may not call {short}")
 
 
-def _entry(item: dict) -> TokenEntry:
+def _entry(item: dict[str, Any]) -> TokenEntry:
     if item["role"] not in ROLES or not NAME_RE.fullmatch(item["name"]):
         raise ValueError(f"bad token entry {item.get('name')!r}")
     if not re.fullmatch(r"[0-9a-f]{16}", item["id"]):
@@ -164,7 +171,7 @@ def _entry(item: dict) -> TokenEntry:
     return TokenEntry(item["id"], item["name"], item["role"], salt, digest, item.get("create_time", ""))
 
 
-def create_token(path: str | os.PathLike, name: str, role: str) -> str:
+def create_token(path: str | os.PathLike[str], name: str, role: str) -> str:
     """Add a token to the file (created if missing, mode 0600) and return its secret, which is not stored."""
     path = Path(path)
     if not NAME_RE.fullmatch(name):
@@ -258,12 +265,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.tokens = tokens
         self.on_denied = on_denied
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[_Request, _Response] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         method = handler_call_details.method
         handler = continuation(handler_call_details)
         if handler is None or not method.startswith(ADMIN_PREFIX):
             return handler
-        values = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
+        metadata = handler_call_details.invocation_metadata or ()
+        # values are bytes only for keys ending in -bin, so every authorization value is a str
+        values = [v for k, v in metadata if k == "authorization" and isinstance(v, str)]
         try:
             if len(values) > 1:
                 raise Unauthenticated("more than one authorization metadata entry")
@@ -272,9 +285,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return _wrap(handler, self._denier(method, exc))
         return _wrap(handler, lambda behavior: _as(principal, behavior))
 
-    def _denier(self, method: str, exc: Unauthenticated | PermissionDenied):
-        def wrap(_behavior):
-            def deny(_request, context):
+    def _denier(self, method: str, exc: Unauthenticated | PermissionDenied) -> Wrap:
+        def wrap(_behavior: Behavior) -> Behavior:
+            def deny(_request: object, context: grpc.ServicerContext) -> None:
                 logger.warning("admin call %s from %s refused: %s %s", method, context.peer(), exc.code, exc)
                 if self.on_denied is not None:
                     try:
@@ -288,19 +301,21 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return wrap
 
 
-def _as(principal: Principal, behavior):
-    def run(request, context):
+def _as(principal: Principal, behavior: Behavior) -> Behavior:
+    def run(request: object, context: grpc.ServicerContext) -> Any:
         with acting_as(principal):
             return behavior(request, context)
 
     return run
 
 
-def _wrap(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
+def _wrap(
+    handler: grpc.RpcMethodHandler[_Request, _Response], wrap: Wrap
+) -> grpc.RpcMethodHandler[_Request, _Response]:
     """The same kind of handler with its behavior passed through `wrap` (AdminService is all unary)."""
-    if handler.request_streaming or handler.response_streaming:
+    if handler.request_streaming or handler.response_streaming or handler.unary_unary is None:
         # not used by AdminService today; refuse rather than run a streaming handler without a principal
-        def unsupported(_request, context):
+        def unsupported(_request: object, context: grpc.ServicerContext) -> None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming admin methods are not supported")
 
         return grpc.unary_unary_rpc_method_handler(unsupported)

@@ -61,12 +61,12 @@ def _abort(metrics: Metrics, context: grpc.ServicerContext, method: str, exc: Ex
     context.abort(code, message)
 
 
-def unary(method: str):
+def unary(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a unary handler of a servicer that has `metrics`: time it and convert its errors."""
 
     def wrap(handler: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(handler)
-        def call(self, request, context):
+        def call(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             try:
                 return handler(self, request, context)
@@ -87,7 +87,7 @@ def _count_client_end(metrics: Metrics, context: grpc.ServicerContext, method: s
     log.debug("%s ended from the client's side: %s", method, ended)
 
 
-def streaming(method: str):
+def streaming(method: str) -> Callable[[Callable[..., Iterator[Any]]], Callable[..., Iterator[Any]]]:
     """Wrap a response-streaming handler of a servicer that has `metrics`: convert its errors.
 
     A call that ends from outside (the client cancelled, its deadline passed, the server is stopping) is an
@@ -97,7 +97,7 @@ def streaming(method: str):
 
     def wrap(handler: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         @functools.wraps(handler)
-        def call(self, request_iterator, context):
+        def call(self: Any, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 yield from handler(self, request_iterator, context)
             except grpc.RpcError:

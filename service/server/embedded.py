@@ -6,8 +6,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from regionlock.service.server.settings import Settings
+
+if TYPE_CHECKING:
+    from regionlock.core.allowlist import Allowlist
+    from regionlock.service.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ def prepare_embedded_data(settings: Settings) -> None:
         log.info("created an operator token named 'admin'; its secret is in %s (mode 0600)", token_path)
 
 
-def _sample_serials(allowlist, markets: set[str], limit: int = 100_000) -> dict[str, str]:
+def _sample_serials(allowlist: Allowlist, markets: set[str], limit: int = 100_000) -> dict[str, str]:
     found: dict[str, str] = {}
     for i in range(min(len(allowlist), limit)):
         serial, market = allowlist.entry(i)
@@ -89,9 +94,9 @@ def _sample_serials(allowlist, markets: set[str], limit: int = 100_000) -> dict[
     return found
 
 
-def example_commands(settings: Settings, snapshot, check_port: int, admin_port: int) -> list[str]:
+def example_commands(settings: Settings, snapshot: Snapshot, check_port: int, admin_port: int) -> list[str]:
     """Ready-to-paste commands that show each reason on the demo data (checked against it)."""
-    addresses = {}
+    addresses: dict[str, str] = {}
     for name, (ip, country, subdivision) in EXAMPLE_ADDRESSES.items():
         region = snapshot.geo.lookup(ip)
         if region is not None and region.country == country and (subdivision in (None, region.subdivision)):
@@ -99,8 +104,8 @@ def example_commands(settings: Settings, snapshot, check_port: int, admin_port: 
     serials = _sample_serials(snapshot.allowlist, {"EEA", "CN", "GLOBAL", "US"})
     target = f"127.0.0.1:{check_port}"
     check = f"regionlock check --target {target}"
-    lines = []
-    cases = [
+    lines: list[str] = []
+    cases: list[tuple[str, str | None, str | None]] = [
         ("authorized", serials.get("EEA"), addresses.get("germany")),
         ("authorized (a US device in the US)", serials.get("US"), addresses.get("usa")),
         ("gray import (a CN device in Germany)", serials.get("CN"), addresses.get("germany")),
@@ -109,9 +114,9 @@ def example_commands(settings: Settings, snapshot, check_port: int, admin_port: 
         ("unknown serial", "NOT-A-REAL-SERIAL", addresses.get("germany")),
         ("unknown region (private address)", serials.get("EEA"), "10.0.0.1"),
     ]
-    for label, serial, ip in cases:
-        if serial and ip:
-            lines.append(f"# {label}\n{check} {serial} {ip}")
+    for label, serial, address in cases:
+        if serial and address:
+            lines.append(f"# {label}\n{check} {serial} {address}")
     if serials.get("GLOBAL") and addresses.get("crimea"):
         body = f'{{"serial": "{serials["GLOBAL"]}", "ip": "{addresses["crimea"]}", "explain": true}}'
         lines.append(
@@ -127,7 +132,7 @@ def example_commands(settings: Settings, snapshot, check_port: int, admin_port: 
     return lines
 
 
-def print_examples(settings: Settings, snapshot, check_port: int, admin_port: int) -> None:
+def print_examples(settings: Settings, snapshot: Snapshot | None, check_port: int, admin_port: int) -> None:
     """Show the examples on standard error, where the server's log goes too."""
     if snapshot is None:
         return

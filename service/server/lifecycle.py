@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from regionlock.admin.v1 import admin_pb2, admin_pb2_grpc
 from regionlock.service.errors import ServiceError
@@ -83,7 +84,7 @@ def create_check_server(
 
 
 def _admin_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    if settings.admin_tls_cert is None:
+    if settings.admin_tls_cert is None or settings.admin_tls_key is None:  # (settings refuse one without the other)
         return None
     key = settings.admin_tls_key.read_bytes()
     cert = settings.admin_tls_cert.read_bytes()
@@ -184,7 +185,7 @@ class Service:
         self.metrics.serving(v.geo, v.allowlist, v.policy, snapshot.loaded_at, v.overrides_revision)
         self.metrics.data_built(snapshot.geo_provenance.built_at, allowlist_built_at(snapshot.allowlist))
 
-    def start(self, metrics_registry=None) -> None:
+    def start(self, metrics_registry: CollectorRegistry | None = None) -> None:
         """Start listening; checks answer UNAVAILABLE and health says NOT_SERVING until data loads."""
         if self.serve_admin and self.settings.metrics_addr:
             registry = metrics_registry or self.metrics.registry
@@ -242,12 +243,12 @@ class Service:
         log.info("stopped")
 
 
-def reload_in_background(service) -> None:
+def reload_in_background(service: Service) -> None:
     """What SIGHUP does: reload in a thread, so the signal handler returns at once."""
     threading.Thread(target=_reload, args=(service,), name="reload", daemon=True).start()
 
 
-def _reload(service) -> None:
+def _reload(service: Service) -> None:
     try:
         service.reload()
     except ServiceError:

@@ -102,8 +102,8 @@ class Metrics:
             "regionlock_admin_auth_failures", "Admin calls refused, by status code.", ["code"], registry=r
         )
         self._serving_versions: tuple[str, str, str] | None = None
-        self._latency_children: dict[str, object] = {}
-        self._decision_children: dict[tuple[int, int, bool], object] = {}
+        self._latency_children: dict[str, Histogram] = {}
+        self._decision_children: dict[tuple[int, int, bool], Counter] = {}
 
     def observe_rpc(self, method: str, seconds: float) -> None:
         """Record one RPC's duration (labelled children cached: labels() takes a lock each call)."""
@@ -126,7 +126,7 @@ class Metrics:
         key = (verdict, reason, enforced)
         (self._decision_children.get(key) or self._decision_child(key)).inc()
 
-    def _decision_child(self, key: tuple[int, int, bool]):
+    def _decision_child(self, key: tuple[int, int, bool]) -> Counter:
         from regionlock.service.decision import Reason, Verdict
 
         verdict, reason, enforced = key

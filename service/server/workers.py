@@ -16,6 +16,7 @@ import socket
 import tempfile
 import threading
 import time
+from types import FrameType
 
 from regionlock.core.fileformat import share_loaded_files
 from regionlock.service.server.settings import Settings
@@ -59,7 +60,7 @@ class Supervisor:
                 except ProcessLookupError:
                     pass
 
-    def _on_signal(self, signum, _frame) -> None:
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if os.getpid() != self.pid:
             return  # a child that has not installed its own handlers yet
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -100,10 +101,10 @@ class Supervisor:
         for signum in _HANDLED:
             signal.signal(signum, self._on_signal)
         self.spawn(ADMIN)
-        for slot in range(self.workers):
-            self.spawn(CHECK, slot)
+        for worker in range(self.workers):
+            self.spawn(CHECK, worker)
         exit_code = 0
-        deadline = None
+        deadline: float | None = None
         while self.children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from regionlock.admin.v1 import admin_pb2 as pb
@@ -43,6 +45,7 @@ class AdminBackend(Protocol):
     def reload_everywhere(self) -> Snapshot: ...
 
 
+_T = TypeVar("_T")
 _ACTIONS = {pb.OVERRIDE_ACTION_UNLOCK: OverrideAction.UNLOCK, pb.OVERRIDE_ACTION_LOCK: OverrideAction.LOCK}
 _PROTO_ACTIONS = {action: value for value, action in _ACTIONS.items()}
 
@@ -72,7 +75,7 @@ def override_message(override: Override) -> pb.Override:
     return message
 
 
-def _action_filter(value: int, field: str) -> OverrideAction | None:
+def _action_filter(value: pb.OverrideAction, field: str) -> OverrideAction | None:
     if value == pb.OVERRIDE_ACTION_UNSPECIFIED:
         return None
     if value not in _ACTIONS:
@@ -94,12 +97,12 @@ def change_from(request: pb.SetOverrideRequest) -> OverrideChange:
 class AdminServicer(pb_grpc.AdminServiceServicer):
     """Thin handlers over the store, the snapshot holder and the override index of one Service."""
 
-    def __init__(self, service: AdminBackend, clock=utc_now) -> None:
+    def __init__(self, service: AdminBackend, clock: Callable[[], datetime] = utc_now) -> None:
         self.service = service
         self.metrics = service.metrics
         self.clock = clock
 
-    def _store_call(self, fn, *args):
+    def _store_call(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run a store call; a store that can't be reached becomes UNAVAILABLE with a clear message."""
         try:
             return fn(*args)
@@ -113,7 +116,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self.service.refresher.refresh()
 
     @edge.unary("SetOverride")
-    def SetOverride(self, request, context):
+    def SetOverride(self, request: pb.SetOverrideRequest, context: grpc.ServicerContext) -> pb.SetOverrideResponse:
         now = self.clock()
         change = change_from(request).validate(now)
         override, revision = self._store_call(self.service.store.set, change, current_principal().name, now)
@@ -121,7 +124,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.SetOverrideResponse(override=override_message(override), revision=revision)
 
     @edge.unary("GetOverride")
-    def GetOverride(self, request, context):
+    def GetOverride(self, request: pb.GetOverrideRequest, context: grpc.ServicerContext) -> pb.GetOverrideResponse:
         serial = validate_serial(request.serial)
         override = self._store_call(self.service.store.get, serial)
         if override is None:
@@ -129,7 +132,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.GetOverrideResponse(override=override_message(override))
 
     @edge.unary("DeleteOverride")
-    def DeleteOverride(self, request, context):
+    def DeleteOverride(
+        self, request: pb.DeleteOverrideRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteOverrideResponse:
         now = self.clock()
         serial = validate_serial(request.serial)
         revision = self._store_call(
@@ -139,7 +144,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.DeleteOverrideResponse(revision=revision)
 
     @edge.unary("ListOverrides")
-    def ListOverrides(self, request, context):
+    def ListOverrides(
+        self, request: pb.ListOverridesRequest, context: grpc.ServicerContext
+    ) -> pb.ListOverridesResponse:
         action = _action_filter(request.action, "action")
         overrides, token = self._store_call(
             self.service.store.list,
@@ -152,7 +159,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.ListOverridesResponse(overrides=[override_message(o) for o in overrides], next_page_token=token)
 
     @edge.unary("BulkSetOverrides")
-    def BulkSetOverrides(self, request, context):
+    def BulkSetOverrides(
+        self, request: pb.BulkSetOverridesRequest, context: grpc.ServicerContext
+    ) -> pb.BulkSetOverridesResponse:
         if len(request.items) > MAX_BULK_ITEMS:
             raise InvalidArgument("items", f"at most {MAX_BULK_ITEMS} items per call, got {len(request.items)}")
         now = self.clock()
@@ -168,7 +177,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         )
 
     @edge.unary("ListAuditEvents")
-    def ListAuditEvents(self, request, context):
+    def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> pb.ListAuditEventsResponse:
         serial = validate_serial(request.serial) if request.serial else ""
         events, token = self._store_call(self.service.store.list_audit, request.page_size, request.page_token, serial)
         messages = []
@@ -190,12 +201,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.ListAuditEventsResponse(events=messages, next_page_token=token)
 
     @edge.unary("ReloadData")
-    def ReloadData(self, request, context):
+    def ReloadData(self, request: pb.ReloadDataRequest, context: grpc.ServicerContext) -> pb.ReloadDataResponse:
         snapshot = self.service.reload_everywhere()
         return pb.ReloadDataResponse(versions=versions_message(snapshot))
 
     @edge.unary("GetStatus")
-    def GetStatus(self, request, context):
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:
         service = self.service
         response = pb.GetStatusResponse(
             start_time=_epoch_timestamp(service.start_time),

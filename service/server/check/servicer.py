@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from datetime import UTC, datetime
+from typing import cast
 
 import grpc
 
@@ -89,11 +90,14 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
             raise Unavailable("no data loaded yet; the server is starting")
         return snapshot
 
-    def _response(self, request_id: str, decision: Decision, snapshot: Snapshot, decision_id: str | None = None):
+    def _response(
+        self, request_id: str, decision: Decision, snapshot: Snapshot, decision_id: str | None = None
+    ) -> pb.CheckDeviceResponse:
         response = pb.CheckDeviceResponse(
             request_id=request_id,
-            verdict=decision.verdict,
-            reason=decision.reason,
+            # the domain's IntEnums hold the proto's numbers; protoc's .pyi knows only its own enum classes
+            verdict=cast("pb.Verdict", decision.verdict),
+            reason=cast("pb.Reason", decision.reason),
             rule_id=decision.rule_id,
             sold_market=decision.sold_market or "",
             enforced=decision.enforced,
@@ -198,7 +202,9 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         if len(snapshot.overrides):
             batch.apply_overrides(self._override_dict(snapshot.overrides), now)
         first_id = self.ids.reserve(n)
-        slow, totals, errors = [], Counter(), Counter()
+        slow: list[bytes] = []
+        totals: Counter[tuple[int, int, bool]] = Counter()
+        errors: Counter[str] = Counter()
         for i in batch.slow_items():
             serial, ip, request_id, explain = batch.item(i)
             try:
@@ -208,8 +214,8 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
                 result = pb.CheckDeviceResult(request_id=request_id, error=edge.status_message(exc))
             else:
                 totals[(decision.verdict, decision.reason, decision.enforced)] += 1
-                response = self._response(request_id, decision, snapshot, self.ids.format(first_id + i))
-                result = pb.CheckDeviceResult(request_id=request_id, response=response)
+                checked = self._response(request_id, decision, snapshot, self.ids.format(first_id + i))
+                result = pb.CheckDeviceResult(request_id=request_id, response=checked)
             slow.append(result.SerializeToString())
         response = batch.encode(table.kernel, self._versions_field(snapshot), self._id_prefix, first_id, slow)
         for outcome, count in zip(table.outcomes, batch.outcome_counts(), strict=True):
@@ -242,17 +248,17 @@ class DeviceCheckServicer(pb_grpc.DeviceCheckServiceServicer):
         return self.check_device_fast(request)
 
     @edge.unary("CheckDevice")
-    def CheckDevice(self, request: bytes, context) -> bytes:
+    def CheckDevice(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Registered with identity (de)serializers (add_to_server): wire bytes in, wire bytes out."""
         return self.check_device_bytes(request)
 
     @edge.unary("CheckDevices")
-    def CheckDevices(self, request: bytes, context) -> bytes:
+    def CheckDevices(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Registered with identity (de)serializers (add_to_server): wire bytes in, wire bytes out."""
         return self.check_devices_fast(request)
 
     @edge.streaming("StreamCheckDevices")
-    def StreamCheckDevices(self, request_iterator, context) -> Iterator[bytes]:
+    def StreamCheckDevices(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         """Registered with identity (de)serializers: each message is checked as CheckDevice checks it, and a
         message that can't be checked (malformed, invalid) gets a response with `error` and the stream goes on.
 
@@ -288,10 +294,11 @@ def add_to_server(servicer: DeviceCheckServicer, server: grpc.Server) -> None:
     server's shared pool 16 open streams would leave no thread for any unary or batch call.
     """
     stream_behavior = functools.partial(servicer.StreamCheckDevices)
-    stream_behavior.experimental_thread_pool = futures.ThreadPoolExecutor(
+    # grpcio's hook is an attribute it reads off the behavior, which no stub declares
+    stream_behavior.experimental_thread_pool = futures.ThreadPoolExecutor(  # type: ignore[attr-defined]
         max_workers=servicer.max_streams + STREAM_SPARE_THREADS, thread_name_prefix="stream"
     )
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
         "CheckDevice": grpc.unary_unary_rpc_method_handler(servicer.CheckDevice),
         "CheckDevices": grpc.unary_unary_rpc_method_handler(servicer.CheckDevices),
         "StreamCheckDevices": grpc.stream_stream_rpc_method_handler(stream_behavior),
@@ -311,9 +318,10 @@ def count_items(data: bytes, limit: int) -> int:
             break
         if tag == 0x0A:
             count += 1
-        pos = _skip(data, pos, tag, _MAX_DEPTH)
-        if pos is None:
+        after = _skip(data, pos, tag, _MAX_DEPTH)
+        if after is None:
             break
+        pos = after
     return count
 
 
@@ -348,9 +356,10 @@ def _skip(data: bytes, pos: int, tag: int, depth: int) -> int | None:
                 return None
             if inner & 7 == 4:
                 return pos if inner >> 3 == tag >> 3 else None
-            pos = _skip(data, pos, inner, depth - 1)
-            if pos is None:
+            after = _skip(data, pos, inner, depth - 1)
+            if after is None:
                 return None
+            pos = after
     return None
 
 

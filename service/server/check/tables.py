@@ -6,7 +6,7 @@ import threading
 from array import array
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from regionlock.service.decision import decide
 from regionlock.service.overrides.index import OverrideIndex
@@ -82,12 +82,13 @@ def build_table(geo: GeoDatabase, allowlist: Allowlist, policy: Policy) -> Batch
     cell = _Cell(policy)
     markets: list[str | None] = [*allowlist.markets, None]  # the last column: not in the allowlist
     nregions = len(geo.regions)
-    rows: dict[tuple, array] = {}
-    outcomes: dict[tuple, int] = {}
+    rows: dict[tuple[object, ...], array[int]] = {}
+    # (verdict, reason, rule_id, enforced, message, cache_ttl_seconds) -> outcome index
+    outcomes: dict[tuple[int, int, str, bool, str, int], int] = {}
     cells = array("H")
     for region_id, (country, subdivision) in enumerate(geo.regions):
         if region_id == 0:
-            alike: tuple = (None,)
+            alike: tuple[object, ...] = (None,)
         else:
             rule = policy.restricted_rule(country, subdivision)
             covered = tuple(m is not None and policy.market_covers(m, country, subdivision) for m in markets)
@@ -104,7 +105,11 @@ def build_table(geo: GeoDatabase, allowlist: Allowlist, policy: Policy) -> Batch
         cells.extend(row)
     heads, tails = [], []
     for verdict, reason, rule_id, enforced, message, ttl in outcomes:
-        heads.append(pb.CheckDeviceResponse(verdict=verdict, reason=reason, rule_id=rule_id).SerializeToString())
+        # protoc's .pyi takes only its own enum classes for the enum fields; the numbers are the proto's
+        head = pb.CheckDeviceResponse(
+            verdict=cast("pb.Verdict", verdict), reason=cast("pb.Reason", reason), rule_id=rule_id
+        )
+        heads.append(head.SerializeToString())
         tails.append(
             pb.CheckDeviceResponse(enforced=enforced, message=message, cache_ttl_seconds=ttl).SerializeToString()
         )
