@@ -101,10 +101,15 @@ def validate_reason_ticket(reason: object, ticket: object, prefix: str = "") -> 
     """Check the why of a change: reason required and at most 500 characters, ticket at most 200."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidArgument(prefix + "reason", "required")
+    # PostgreSQL can't store a NUL in text; refused for every store, so both backends behave alike
+    if "\x00" in reason:
+        raise InvalidArgument(prefix + "reason", "must not contain NUL characters")
     if len(reason) > MAX_REASON:
         raise InvalidArgument(prefix + "reason", f"at most {MAX_REASON} characters, got {len(reason)}")
     if not isinstance(ticket, str):
         raise InvalidArgument(prefix + "ticket", "must be text")
+    if "\x00" in ticket:
+        raise InvalidArgument(prefix + "ticket", "must not contain NUL characters")
     if len(ticket) > MAX_TICKET:
         raise InvalidArgument(prefix + "ticket", f"at most {MAX_TICKET} characters, got {len(ticket)}")
 

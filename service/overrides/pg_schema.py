@@ -84,6 +84,12 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
             FOR EACH STATEMENT EXECUTE FUNCTION regionlock_audit_append_only()""",
     ],
+    [
+        # the key that signs page tokens (store.encode_page_token): one per store, made on first open from
+        # two gen_random_uuid() (PostgreSQL 13+, from the server's strong random source), never sent out
+        "CREATE TABLE page_token_key (id integer PRIMARY KEY CHECK (id = 1), key bytea NOT NULL)",
+        "INSERT INTO page_token_key (id, key) VALUES (1, uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))",
+    ],
 ]
 
 
@@ -135,11 +141,12 @@ def channel_for(schema: str) -> str:
     return CHANNEL if schema == "public" else f"{CHANNEL}.{schema}"
 
 
-def migrate(conn: psycopg.Connection, schema: str | None) -> str:
+def migrate(conn: psycopg.Connection, schema: str | None) -> tuple[str, bytes]:
     """Create or upgrade the schema, one process at a time; returns the schema name the tables are in.
 
     Everything happens in one transaction holding an advisory lock keyed by the schema: replicas starting
     together queue on it, the first one migrates, the others find the work done. Safe to run again.
+    Also returns the store's page token key (table page_token_key).
     """
     with conn.transaction():
         name = schema or conn.execute("SELECT current_schema()").fetchone()[0]
@@ -163,4 +170,5 @@ def migrate(conn: psycopg.Connection, schema: str | None) -> str:
             for statement in MIGRATIONS[step]:
                 conn.execute(statement)
         conn.execute("UPDATE regionlock_schema SET version = %s WHERE id = 1", (len(MIGRATIONS),))
-    return name
+        key = bytes(conn.execute("SELECT key FROM page_token_key WHERE id = 1").fetchone()[0])
+    return name, key

@@ -115,7 +115,7 @@ class PostgresOverrideStore(SqlOverrideStore):
 
     def __init__(self, config: PgConfig) -> None:
         self._config = config
-        self.schema = self._open_and_migrate()
+        self.schema, self._page_key = self._open_and_migrate()
         self.channel = channel_for(self.schema)
         self._pool = ConnectionPool(
             config.conninfo,
@@ -132,7 +132,7 @@ class PostgresOverrideStore(SqlOverrideStore):
         self._lock = threading.Lock()
         self.listener = ChangeListener(config.conninfo, self.channel)
 
-    def _open_and_migrate(self) -> str:
+    def _open_and_migrate(self) -> tuple[str, bytes]:
         deadline = time.monotonic() + self._config.start_timeout
         delay = _BACKOFF_MIN
         while True:

@@ -161,6 +161,8 @@ class SqlOverrideStore(OverrideStore):
     dialect: Dialect
     # the StoreWriter class of a connection: called for writes in _write, and for its reads anywhere
     _writer: Callable[[Any], StoreWriter]
+    # this store's page token key (store.encode_page_token): read from table page_token_key when opened
+    _page_key: bytes
 
     @abc.abstractmethod
     def _connection(self) -> AbstractContextManager[Any]:
@@ -200,11 +202,11 @@ class SqlOverrideStore(OverrideStore):
         include_expired: bool,
         now: datetime,
     ) -> tuple[list[Override], str]:
-        size, filters, after = list_request(page_size, page_token, action, include_expired)
+        size, filters, after = list_request(self._page_key, page_size, page_token, action, include_expired)
         query, args = self.dialect.list_query(after, action, include_expired, now, size + 1)
         with self._connection() as conn:
             items = [self.dialect.override(row) for row in conn.execute(query, args)]
-        return cut_page(items, size, "overrides", filters, lambda o: o.serial)
+        return cut_page(self._page_key, items, size, "overrides", filters, lambda o: o.serial)
 
     def bulk_set(self, changes: Sequence[OverrideChange], actor: str, now: datetime, dry_run: bool) -> BulkResult:
         items = check_bulk(changes, now)
@@ -216,11 +218,11 @@ class SqlOverrideStore(OverrideStore):
             return write_bulk(writer, items, actor, now, dry_run=False)
 
     def list_audit(self, page_size: int, page_token: str, serial: str) -> tuple[list[AuditEvent], str]:
-        size, serial, before_id = audit_request(page_size, page_token, serial)
+        size, serial, before_id = audit_request(self._page_key, page_size, page_token, serial)
         query, args = self.dialect.audit_query(before_id, serial, size + 1)
         with self._connection() as conn:
             events = [self.dialect.event(row) for row in conn.execute(query, args)]
-        return cut_page(events, size, "audit", {"serial": serial}, lambda e: e.event_id)
+        return cut_page(self._page_key, events, size, "audit", {"serial": serial}, lambda e: e.event_id)
 
     def revision(self) -> int:
         with self._connection() as conn:
@@ -231,6 +233,11 @@ class SqlOverrideStore(OverrideStore):
             rev = self._writer(conn).current()
             rows = conn.execute(self.dialect.select).fetchall()
         return {row[0]: self.dialect.override(row) for row in rows}, rev
+
+    @staticmethod
+    def _read_page_key(conn: Any) -> bytes:
+        """The page token key kept in the store (made by the migration that created its table)."""
+        return bytes(conn.execute("SELECT key FROM page_token_key WHERE id = 1").fetchone()[0])
 
     def _changed_since(self, conn: Any, revision: int) -> dict[str, Override | None]:
         """Inside a snapshot: the current state (None = deleted) of every serial changed after `revision`."""

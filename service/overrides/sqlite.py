@@ -51,6 +51,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'append-only'); END",
         "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'append-only'); END",
     ],
+    [
+        # the key that signs page tokens (store.encode_page_token): one per store, made on first open
+        # (randomblob is SQLite's CSPRNG, seeded from the OS), never sent to a client
+        "CREATE TABLE page_token_key (id INTEGER PRIMARY KEY CHECK (id = 1), key BLOB NOT NULL)",
+        "INSERT INTO page_token_key (id, key) VALUES (1, randomblob(32))",
+    ],
 ]
 
 SQLITE = Dialect("?", "create_us", "expire_us", "time_us", to_micros, from_micros, json.loads)
@@ -99,6 +105,7 @@ class SqliteOverrideStore(SqlOverrideStore):
         self._closed = False
         with self._connection() as conn:
             self._migrate(conn)
+            self._page_key = self._read_page_key(conn)
 
     # -- connections and transactions --------------------------------------------------------------------
 

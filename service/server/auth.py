@@ -268,7 +268,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise Unauthenticated("more than one authorization metadata entry")
             principal = self.tokens.check(values[0] if values else None, method)
         except (Unauthenticated, PermissionDenied) as exc:
-            return _wrap(handler, self._denier(method, exc))
+            return _wrap(handler, self._denier(method, exc), decode=False)  # refused before reading the request
         return _wrap(handler, lambda behavior: _as(principal, behavior))
 
     def _denier(self, method: str, exc: Unauthenticated | PermissionDenied):
@@ -295,7 +295,7 @@ def _as(principal: Principal, behavior):
     return run
 
 
-def _wrap(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler, wrap, decode: bool = True) -> grpc.RpcMethodHandler:
     """The same kind of handler with its behavior passed through `wrap` (AdminService is all unary)."""
     if handler.request_streaming or handler.response_streaming:
         # not used by AdminService today; refuse rather than run a streaming handler without a principal
@@ -304,5 +304,23 @@ def _wrap(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
 
         return grpc.unary_unary_rpc_method_handler(unsupported)
     return grpc.unary_unary_rpc_method_handler(
-        wrap(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+        _decoding(wrap(handler.unary_unary), handler.request_deserializer if decode else None),
+        None,
+        handler.response_serializer,
     )
+
+
+def _decoding(behavior, deserializer):
+    """Decode the request bytes here rather than in grpcio, whose failure would be INTERNAL: bytes that are
+    not the method's request message are the client's mistake, INVALID_ARGUMENT."""
+    if deserializer is None:
+        return behavior
+
+    def run(request: bytes, context):
+        try:
+            message = deserializer(request)
+        except Exception:  # protobuf's DecodeError, or a RecursionError for nesting past its limit
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid message of this method")
+        return behavior(message, context)
+
+    return run

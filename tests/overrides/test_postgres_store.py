@@ -224,4 +224,5 @@ def test_tables_live_in_the_named_schema_only(schema, now):
         query = sql.SQL("SELECT count(*) FROM {}.overrides").format(sql.Identifier(schema))
         assert conn.execute(query).fetchone() == (1,)
         tables = conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))
-        assert sorted(row[0] for row in tables) == ["audit", "overrides", "regionlock_schema", "revision"]
+        names = ["audit", "overrides", "page_token_key", "regionlock_schema", "revision"]
+        assert sorted(row[0] for row in tables) == names
