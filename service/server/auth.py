@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -187,6 +189,106 @@ def create_token(path: str | os.PathLike, name: str, role: str) -> str:
     return f"rl_{token_id}_{base64.urlsafe_b64encode(raw).rstrip(b'=').decode()}"
 
 
+def revoke_token(path: str | os.PathLike, name: str) -> TokenEntry:
+    """Remove the token named `name` from the file; returns its entry; TokenFileError when there is none."""
+    path = Path(path)
+    with _locked(path):
+        entries = TokenStore.load(path).entries
+        revoked = next((entry for entry in entries if entry.name == name), None)
+        if revoked is None:
+            raise TokenFileError(f"token file {path} has no token named {name!r}")
+        _write_atomically(path, [entry for entry in entries if entry is not revoked])
+    logger.info("revoked %s token %r in %s", revoked.role, name, path)
+    return revoked
+
+
+# How often a serving process looks at the token file (one stat) for tokens created or revoked since
+CHECK_INTERVAL_S = 0.5
+
+
+class TokenFile:
+    """The tokens of a token file, kept current: a created token works, a revoked one stops working, within
+    CHECK_INTERVAL_S of the change, in every process that serves Admin, with no reload.
+
+    The call path pays one clock read; at most every CHECK_INTERVAL_S one call also stats the file (the
+    others go on with the tokens they have, never waiting for it), and only when the file's identity
+    (inode, device, size, mtime, ctime) changed does that call re-read it. Writers replace the file
+    atomically (create_token, revoke_token: rename), so a read never sees half a file. A file that fails to
+    parse leaves the previous tokens in force (logged once per change); a file that is gone is no tokens,
+    as at start. `on_change(before, after)` is told of each change, from the calling thread: it must not
+    block (hand slow work to another thread).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        on_change: Callable[[TokenStore, TokenStore], None] | None = None,
+        interval: float = CHECK_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.on_change = on_change
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._signature: tuple | None = None
+        self._next_check = 0.0
+        self.store = self._read(self._stat())  # TokenFileError at start: a malformed file stops the start
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _read(self, signature: tuple | None) -> TokenStore:
+        self._signature = signature
+        if signature is None:
+            return TokenStore([])
+        return TokenStore.load(self.path)
+
+    def current(self) -> TokenStore:
+        """The tokens in force now (see the class doc for what this costs)."""
+        if self.clock() >= self._next_check and self._lock.acquire(blocking=False):
+            try:
+                self._next_check = self.clock() + self.interval
+                self._refresh()
+            finally:
+                self._lock.release()
+        return self.store
+
+    def reload(self) -> None:
+        """Re-read now if the file changed (what a SIGHUP or ReloadData does); TokenFileError if it is bad."""
+        with self._lock:
+            self._refresh(raise_errors=True)
+
+    def _refresh(self, raise_errors: bool = False) -> None:
+        signature = self._stat()
+        if signature == self._signature:
+            return
+        before = self.store
+        try:
+            self.store = self._read(signature)
+        except TokenFileError as exc:
+            if raise_errors:
+                raise
+            logger.error("token file not re-read, the previous tokens stay in force: %s", exc)
+            return
+        if signature is None:
+            logger.warning("token file %s is gone: every Admin call is refused until it is back", self.path)
+        logger.info("token file %s changed: %d tokens", self.path, len(self.store.entries))
+        if self.on_change is not None:
+            try:
+                self.on_change(before, self.store)
+            except Exception:
+                logger.exception("token file change callback failed")
+
+    def check(self, metadata_value: str | None, method: str) -> Principal:
+        """TokenStore.check with the tokens in force now."""
+        return self.current().check(metadata_value, method)
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -250,10 +352,11 @@ def acting_as(principal: Principal) -> Iterator[None]:
 class AuthInterceptor(grpc.ServerInterceptor):
     """Enforces METHOD_ROLES on AdminService calls; everything else (health, reflection) passes untouched.
 
-    `tokens` may be replaced at run time (e.g. on reload); `on_denied(code_name)` counts refusals.
+    `tokens` is a TokenFile (kept current by itself) or a fixed TokenStore; `on_denied(code_name)` counts
+    refusals.
     """
 
-    def __init__(self, tokens: TokenStore, on_denied: Callable[[str], None] | None = None) -> None:
+    def __init__(self, tokens: TokenFile | TokenStore, on_denied: Callable[[str], None] | None = None) -> None:
         self.tokens = tokens
         self.on_denied = on_denied
 

@@ -19,7 +19,7 @@ from regionlock.service.errors import ServiceError
 from regionlock.service.overrides.factory import open_store
 from regionlock.service.overrides.index import OverrideIndexRefresher
 from regionlock.service.server.admin.servicer import AdminServicer
-from regionlock.service.server.auth import AuthInterceptor, TokenFileError, TokenStore
+from regionlock.service.server.auth import AuthInterceptor, TokenFile, TokenFileError, TokenStore
 from regionlock.service.server.check.servicer import DeviceCheckServicer, add_to_server
 from regionlock.service.server.metrics import Metrics, start_metrics_listener
 from regionlock.service.server.settings import Settings
@@ -166,18 +166,21 @@ class Service:
         self._reload_lock = threading.Lock()
         self._stopped = threading.Event()
 
-    def _load_tokens(self) -> TokenStore:
-        """The token file; a missing one leaves Admin refusing every call (a malformed one stops the start)."""
+    def _load_tokens(self) -> TokenFile:
+        """The token file, re-read when it changes; a missing one leaves Admin refusing every call until it
+        is created (a malformed one stops the start)."""
         path = self.settings.tokens_path
         if not path.exists():
             log.warning(
                 "no token file at %s: every Admin call will be refused until one is created with "
-                "`regionlock token create NAME --role operator --tokens %s` and the server reloads (SIGHUP)",
+                "`regionlock token create NAME --role operator --tokens %s`",
                 path,
                 path,
             )
-            return TokenStore([])
-        return TokenStore.load(path)
+        return TokenFile(path, on_change=self._on_tokens_changed)
+
+    def _on_tokens_changed(self, before: TokenStore, after: TokenStore) -> None:
+        pass
 
     def _on_swap(self, snapshot: Snapshot) -> None:
         v = snapshot.versions
@@ -208,7 +211,7 @@ class Service:
         with self._reload_lock:
             if self.serve_admin:
                 try:
-                    self.auth.tokens = self._load_tokens()
+                    self.auth.tokens.reload()
                 except TokenFileError as exc:
                     log.error("token file not reloaded, the previous tokens stay in force: %s", exc)
             try:
