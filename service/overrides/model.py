@@ -160,8 +160,9 @@ class OverrideChange:
 class AuditEvent:
     """One entry of the append-only audit trail.
 
-    `action` is "set", "set_unchanged" or "delete"; `event_id` orders events (a bulk call shares one
-    revision across many events, so the revision alone can't).
+    `action` is "set", "set_unchanged" or "delete" for a change of overrides, or one of ADMIN_ACTIONS for
+    what else an administrator did (serial "", no before/after, `details` says what); `event_id` orders
+    events (a bulk call shares one revision across many events, so the revision alone can't).
     """
 
     revision: int
@@ -174,6 +175,11 @@ class AuditEvent:
     reason: str
     ticket: str
     event_id: int = 0
+    details: dict[str, str] | None = None
+
+
+# audit events that are not changes of overrides: a data reload, a token added to or removed from the file
+ADMIN_ACTIONS = ("reload", "token_create", "token_revoke")
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE page_token_key (id integer PRIMARY KEY CHECK (id = 1), key bytea NOT NULL)",
         "INSERT INTO page_token_key (id, key) VALUES (1, uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))",
     ],
+    [
+        # the trail also records reloads and token changes (model.ADMIN_ACTIONS), with their details
+        "ALTER TABLE audit ADD COLUMN details jsonb",
+        "ALTER TABLE audit DROP CONSTRAINT audit_action_check",
+        """ALTER TABLE audit ADD CONSTRAINT audit_action_check CHECK (action IN
+            ('set', 'set_unchanged', 'delete', 'reload', 'token_create', 'token_revoke'))""",
+        "CREATE INDEX audit_by_action ON audit (action, id)",
+    ],
 ]
 
 

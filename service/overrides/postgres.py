@@ -112,6 +112,7 @@ class PostgresOverrideStore(SqlOverrideStore):
 
     dialect = POSTGRES
     _writer = _Writer
+    _details_token_id = "details->>'token_id'"
 
     def __init__(self, config: PgConfig) -> None:
         self._config = config

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from regionlock.service.overrides.model import (
+    ADMIN_ACTIONS,
     AuditEvent,
     BulkResult,
     Override,
@@ -59,12 +60,12 @@ class Dialect:
         self.json_from_db = json_from_db
         self.columns = f"serial, action, reason, ticket, actor, {create_column}, {expire_column}, revision"
         self.select = f"SELECT {self.columns} FROM overrides"
-        self.audit_columns = f"revision, {time_column}, actor, action, serial, before, after, reason, ticket"
+        self.audit_columns = f"revision, {time_column}, actor, action, serial, before, after, reason, ticket, details"
         self.audit_select = f"SELECT id, {self.audit_columns} FROM audit"
         # the serials a change after a revision touched, each with its override now (NULLs: deleted)
         self.changed_since = (
             f"SELECT c.serial, {', '.join('o.' + c for c in self.columns.split(', '))}"
-            f" FROM (SELECT DISTINCT serial FROM audit WHERE revision > {mark} AND action <> 'set_unchanged') c"
+            f" FROM (SELECT DISTINCT serial FROM audit WHERE revision > {mark} AND action IN ('set', 'delete')) c"
             " LEFT JOIN overrides o ON o.serial = c.serial"
         )
 
@@ -82,7 +83,7 @@ class Dialect:
 
     def event(self, row: Sequence) -> AuditEvent:
         """The AuditEvent of a row of `audit_select`."""
-        event_id, rev, time_, actor, action, serial, before, after, reason, ticket = row
+        event_id, rev, time_, actor, action, serial, before, after, reason, ticket, details = row
         return AuditEvent(
             revision=rev,
             time=self.time_from_db(time_),
@@ -94,12 +95,15 @@ class Dialect:
             reason=reason,
             ticket=ticket,
             event_id=event_id,
+            details=None if details is None else self.json_from_db(details),
         )
 
     def event_params(self, e: AuditEvent) -> tuple:
         """The values of `audit_columns` for an event."""
         before, after = override_json(e.before), override_json(e.after)
-        return (e.revision, self.time_to_db(e.time), e.actor, e.action, e.serial, before, after, e.reason, e.ticket)
+        details = None if e.details is None else _ENCODER.encode(e.details)
+        time_ = self.time_to_db(e.time)
+        return (e.revision, time_, e.actor, e.action, e.serial, before, after, e.reason, e.ticket, details)
 
     def list_query(
         self, after: str, action: OverrideAction | None, include_expired: bool, now: datetime, limit: int
@@ -223,6 +227,22 @@ class SqlOverrideStore(OverrideStore):
         with self._connection() as conn:
             events = [self.dialect.event(row) for row in conn.execute(query, args)]
         return cut_page(self._page_key, events, size, "audit", {"serial": serial}, lambda e: e.event_id)
+
+    # how the dialect reads the token id out of an event's details (see record_event's `once`)
+    _details_token_id: str
+
+    def record_event(self, action: str, actor: str, now: datetime, details: dict[str, str], once: bool = False) -> bool:
+        check_actor(actor)
+        if action not in ADMIN_ACTIONS:
+            raise ValueError(f"not an admin event: {action!r}")
+        with self._write() as writer:  # the write lock: replicas noticing one change record it once
+            if once:
+                query = f"SELECT 1 FROM audit WHERE action = {self.dialect.mark} AND {self._details_token_id} = "
+                args = (action, details["token_id"])
+                if writer.conn.execute(query + self.dialect.mark + " LIMIT 1", args).fetchone():
+                    return False
+            writer.append([AuditEvent(writer.current(), now, actor, action, "", None, None, "", "", 0, details)])
+        return True
 
     def revision(self) -> int:
         with self._connection() as conn:

@@ -75,6 +75,13 @@ class OverrideStore(abc.ABC):
         """One page of audit events, newest first, optionally only those of `serial` ("" for all)."""
 
     @abc.abstractmethod
+    def record_event(self, action: str, actor: str, now: datetime, details: dict[str, str], once: bool = False) -> bool:
+        """Append an audit event that is not a change of overrides (model.ADMIN_ACTIONS: serial "", no
+        before/after, no new revision) with its `details`. With `once`, nothing is written if an event of
+        this action with the same details["token_id"] is already in the trail (every replica noticing one
+        change to a shared token file records it once). True when written."""
+
+    @abc.abstractmethod
     def revision(self) -> int:
         """The latest committed revision (0 for an empty store)."""
 

@@ -40,7 +40,7 @@ class AdminBackend(Protocol):
     refresher: OverrideIndexRefresher
     start_time: float
 
-    def reload_everywhere(self) -> Snapshot: ...
+    def reload_everywhere(self, actor: str) -> Snapshot: ...
 
 
 _ACTIONS = {pb.OVERRIDE_ACTION_UNLOCK: OverrideAction.UNLOCK, pb.OVERRIDE_ACTION_LOCK: OverrideAction.LOCK}
@@ -195,6 +195,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 reason=event.reason,
                 ticket=event.ticket,
             )
+            if event.details:
+                message.details.update(event.details)
             if event.before is not None:
                 message.before.CopyFrom(override_message(event.before))
             if event.after is not None:
@@ -204,7 +206,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @edge.unary("ReloadData")
     def ReloadData(self, request, context):
-        snapshot = self.service.reload_everywhere()
+        snapshot = self.service.reload_everywhere(current_principal().name)
         return pb.ReloadDataResponse(versions=versions_message(snapshot))
 
     @edge.unary("GetStatus")
