@@ -73,7 +73,8 @@ def wait_until(condition: Callable[[], object], timeout: float, step: float = 0.
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `target`; cut() drops every connection and refuses new ones until restore()."""
+    """Forwards 127.0.0.1:`port` to `target`; cut() drops every connection and refuses new ones until restore();
+    black_hole() stops forwarding without closing anything (a partition that drops packets) until restore()."""
 
     def __init__(self, target: tuple[str, int] | None = None) -> None:
         self.target = target or postgres_address()
@@ -82,14 +83,22 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self.accepted = 0
+        self.black_holed = False
         self.restore()
 
     @property
     def is_cut(self) -> bool:
         return self._listener is None
 
+    def black_hole(self) -> None:
+        """From now on, bytes either way are read and dropped, and new connections are accepted but never
+        connected through: nothing is closed, nothing arrives."""
+        self.black_holed = True
+
     def restore(self) -> None:
-        """Listen again on the same port (connecting there is refused while cut)."""
+        """Listen again on the same port (connecting there is refused while cut); forward again after a
+        black hole (connections that lost bytes in it stay broken: their peers see a damaged stream)."""
+        self.black_holed = False
         with self._lock:
             if self._listener is not None:
                 return
@@ -119,6 +128,10 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.black_holed:
+                with self._lock:
+                    self._sockets.add(client)  # held open, never answered; closed by cut()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
                 upstream.settimeout(None)
@@ -138,7 +151,8 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not self.black_holed:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:

@@ -101,10 +101,15 @@ def validate_reason_ticket(reason: object, ticket: object, prefix: str = "") -> 
     """Check the why of a change: reason required and at most 500 characters, ticket at most 200."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidArgument(prefix + "reason", "required")
+    # PostgreSQL can't store a NUL in text; refused for every store, so both backends behave alike
+    if "\x00" in reason:
+        raise InvalidArgument(prefix + "reason", "must not contain NUL characters")
     if len(reason) > MAX_REASON:
         raise InvalidArgument(prefix + "reason", f"at most {MAX_REASON} characters, got {len(reason)}")
     if not isinstance(ticket, str):
         raise InvalidArgument(prefix + "ticket", "must be text")
+    if "\x00" in ticket:
+        raise InvalidArgument(prefix + "ticket", "must not contain NUL characters")
     if len(ticket) > MAX_TICKET:
         raise InvalidArgument(prefix + "ticket", f"at most {MAX_TICKET} characters, got {len(ticket)}")
 
@@ -155,8 +160,9 @@ class OverrideChange:
 class AuditEvent:
     """One entry of the append-only audit trail.
 
-    `action` is "set", "set_unchanged" or "delete"; `event_id` orders events (a bulk call shares one
-    revision across many events, so the revision alone can't).
+    `action` is "set", "set_unchanged" or "delete" for a change of overrides, or one of ADMIN_ACTIONS for
+    what else an administrator did (serial "", no before/after, `details` says what); `event_id` orders
+    events (a bulk call shares one revision across many events, so the revision alone can't).
     """
 
     revision: int
@@ -169,6 +175,11 @@ class AuditEvent:
     reason: str
     ticket: str
     event_id: int = 0
+    details: dict[str, str] | None = None
+
+
+# audit events that are not changes of overrides: a data reload, a token added to or removed from the file
+ADMIN_ACTIONS = ("reload", "token_create", "token_revoke")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,23 @@ our own, removed before libpq sees the rest:
 - `pool_timeout=S` (default 3): how long a call waits for a connection before it fails with UNAVAILABLE.
 - `start_timeout=S` (default 30): how long opening the store keeps retrying an unreachable server.
 
-Unless the URL says otherwise, connections get connect_timeout=3, TCP keepalives and tcp_user_timeout (so a
-silently dropped connection is noticed in seconds, not minutes), statement_timeout=60s, lock_timeout=15s and
-application_name=regionlock.
+- `call_timeout=S` (default 12): the most one store call may wait on its connection (postgres.py's
+  deadline: past it the socket is shut down and the call fails with UNAVAILABLE).
+
+Unless the URL says otherwise, connections get these, chosen so that a network partition costs seconds,
+not minutes (see "Deployment" in the README):
+
+- `lock_timeout=5s`: a write waiting for the revision row lock gives up after 5 s (UNAVAILABLE) rather
+  than queueing behind a replica that may be gone.
+- `idle_in_transaction_session_timeout=3s`: the server ends a session that sits in a transaction without
+  sending anything for 3 s, releasing its locks: a replica cut off mid-transaction holds the revision lock
+  for at most 3 s, and the healthy replicas' writes (waiting up to lock_timeout) then go through. Our
+  transactions send their statements back to back, so a live one is never idle that long.
+- `statement_timeout=10s`: no statement runs longer on the server.
+- TCP keepalives (idle 5 s, interval 2 s, 3 probes) on both ends (libpq's and, via `options`, the
+  server's tcp_keepalives_*), and `tcp_user_timeout=10000`: a silently dropped connection is noticed in
+  about 11 s by the kernel, even with no call running; the call_timeout deadline covers a call in flight.
+- `connect_timeout=3`, `application_name=regionlock`, `TimeZone=UTC`.
 """
 
 from __future__ import annotations
@@ -33,18 +47,21 @@ logger = logging.getLogger(__name__)
 CHANNEL = "regionlock_overrides"
 # pg_advisory_xact_lock(class, key): the class is ours ("RGLK"), the key a hash of the schema name
 _LOCK_CLASS = 0x52474C4B
-_OUR_PARAMETERS = ("schema", "pool_size", "pool_timeout", "start_timeout")
+_OUR_PARAMETERS = ("schema", "pool_size", "pool_timeout", "start_timeout", "call_timeout")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 _LIBPQ_DEFAULTS = {
     "connect_timeout": "3",
     "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "3",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
     "keepalives_count": "3",
     "tcp_user_timeout": "10000",
     "application_name": "regionlock",
 }
-_SERVER_OPTIONS = "-c statement_timeout=60000 -c lock_timeout=15000 -c TimeZone=UTC"
+_SERVER_OPTIONS = (
+    "-c lock_timeout=5000 -c idle_in_transaction_session_timeout=3000 -c statement_timeout=10000"
+    " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c TimeZone=UTC"
+)
 
 # MIGRATIONS[i] takes the schema from version i to i + 1 (table regionlock_schema); append, never edit.
 MIGRATIONS: list[list[str]] = [
@@ -85,6 +102,20 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
             FOR EACH STATEMENT EXECUTE FUNCTION regionlock_audit_append_only()""",
     ],
+    [
+        # the key that signs page tokens (store.encode_page_token): one per store, made on first open from
+        # two gen_random_uuid() (PostgreSQL 13+, from the server's strong random source), never sent out
+        "CREATE TABLE page_token_key (id integer PRIMARY KEY CHECK (id = 1), key bytea NOT NULL)",
+        "INSERT INTO page_token_key (id, key) VALUES (1, uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))",
+    ],
+    [
+        # the trail also records reloads and token changes (model.ADMIN_ACTIONS), with their details
+        "ALTER TABLE audit ADD COLUMN details jsonb",
+        "ALTER TABLE audit DROP CONSTRAINT audit_action_check",
+        """ALTER TABLE audit ADD CONSTRAINT audit_action_check CHECK (action IN
+            ('set', 'set_unchanged', 'delete', 'reload', 'token_create', 'token_revoke'))""",
+        "CREATE INDEX audit_by_action ON audit (action, id)",
+    ],
 ]
 
 
@@ -97,6 +128,7 @@ class PgConfig:
     pool_size: int = 4
     pool_timeout: float = 3.0
     start_timeout: float = 30.0
+    call_timeout: float = 12.0
 
 
 def parse_url(url: str) -> PgConfig:
@@ -124,11 +156,14 @@ def parse_url(url: str) -> PgConfig:
         pool_size = int(ours.get("pool_size", 4))
         pool_timeout = float(ours.get("pool_timeout", 3.0))
         start_timeout = float(ours.get("start_timeout", 30.0))
+        call_timeout = float(ours.get("call_timeout", 12.0))
     except ValueError as exc:
-        raise InvalidArgument("store", f"bad pool_size, pool_timeout or start_timeout: {exc}") from None
-    if pool_size < 1 or pool_timeout <= 0 or start_timeout < 0:
-        raise InvalidArgument("store", "pool_size and pool_timeout must be positive, start_timeout not negative")
-    return PgConfig(make_conninfo("", **params), schema, pool_size, pool_timeout, start_timeout)
+        raise InvalidArgument("store", f"bad pool_size, pool_timeout, start_timeout or call_timeout: {exc}") from None
+    if pool_size < 1 or pool_timeout <= 0 or start_timeout < 0 or not call_timeout > 0:
+        raise InvalidArgument(
+            "store", "pool_size, pool_timeout and call_timeout must be positive, start_timeout not negative"
+        )
+    return PgConfig(make_conninfo(**params), schema, pool_size, pool_timeout, start_timeout, call_timeout)
 
 
 def channel_for(schema: str) -> str:
@@ -142,11 +177,12 @@ def _first(row: tuple[Any, ...] | None) -> Any:
     return row[0]
 
 
-def migrate(conn: psycopg.Connection, schema: str | None) -> str:
+def migrate(conn: psycopg.Connection, schema: str | None) -> tuple[str, bytes]:
     """Create or upgrade the schema, one process at a time; returns the schema name the tables are in.
 
     Everything happens in one transaction holding an advisory lock keyed by the schema: replicas starting
     together queue on it, the first one migrates, the others find the work done. Safe to run again.
+    Also returns the store's page token key (table page_token_key).
     """
     with conn.transaction():
         name = schema or _first(conn.execute("SELECT current_schema()").fetchone())
@@ -170,4 +206,5 @@ def migrate(conn: psycopg.Connection, schema: str | None) -> str:
             for statement in MIGRATIONS[step]:
                 conn.execute(statement)
         conn.execute("UPDATE regionlock_schema SET version = %s WHERE id = 1", (len(MIGRATIONS),))
-    return name
+        key = bytes(conn.execute("SELECT key FROM page_token_key WHERE id = 1").fetchone()[0])
+    return name, key

@@ -10,7 +10,11 @@
   catches up with changes_since from the revision it has, so nothing committed while the listener was
   disconnected is missed. The listener reconnects by itself with exponential backoff.
 - Connection problems raise Unavailable ("the override store (PostgreSQL) is unavailable: ...") within
-  the pool timeout (3 s by default), so Admin writes fail fast with UNAVAILABLE instead of hanging;
+  the pool timeout (3 s by default) when the server refuses or resets connections, and within the call
+  deadline (call_timeout, 12 s by default; see `deadline`) when it stops answering (a partition); a
+  replica cut off mid-transaction holds the revision lock for at most idle_in_transaction_session_timeout
+  (3 s), so the other replicas' writes go through (pg_schema's docstring lists the timeouts). Admin
+  writes fail with UNAVAILABLE instead of hanging;
   the check path never touches the store and keeps serving the last index.
 - Opening the store (at server start) retries an unreachable server for `start_timeout` seconds (30 by
   default) and then raises Unavailable: a replica without any override index must not serve checks, so
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -68,6 +74,41 @@ def open_postgres_store(url: str) -> PostgresOverrideStore:
     return PostgresOverrideStore(parse_url(url))
 
 
+@contextlib.contextmanager
+def deadline(conn: psycopg.Connection, seconds: float) -> Iterator[None]:
+    """Shut the connection's socket down if the block is still running after `seconds`.
+
+    libpq waits for a reply as long as the socket stays open, and a partition that drops packets (or a
+    proxy that stops forwarding) keeps it open: statement_timeout is the server's and never arrives, and
+    keepalives take many seconds. Shutting the socket down makes the waiting call fail at once with an
+    OperationalError (UNAVAILABLE), and the pool discards the broken connection. One timer thread per
+    call: store calls are Admin calls and polls, never on the check path.
+    """
+    lock = threading.Lock()
+    done = False
+
+    def expire() -> None:
+        with lock:  # never shut down a connection that finished in time and went back to the pool
+            if done:
+                return
+            try:
+                with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, psycopg.Error):
+                return
+        logger.warning("override store (PostgreSQL): no reply within %.1fs, connection dropped", seconds)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            done = True
+        timer.cancel()
+
+
 class _Writer(SqlWriter):
     """The StoreWriter of one PostgreSQL transaction (see store.write_set and friends)."""
 
@@ -112,10 +153,11 @@ class PostgresOverrideStore(SqlOverrideStore):
 
     dialect = POSTGRES
     _writer = _Writer
+    _details_token_id = "details->>'token_id'"
 
     def __init__(self, config: PgConfig) -> None:
         self._config = config
-        self.schema = self._open_and_migrate()
+        self.schema, self._page_key = self._open_and_migrate()
         self.channel = channel_for(self.schema)
         self._pool = ConnectionPool(
             config.conninfo,
@@ -123,7 +165,7 @@ class PostgresOverrideStore(SqlOverrideStore):
             max_size=config.pool_size,
             timeout=config.pool_timeout,
             kwargs={"autocommit": True},
-            check=ConnectionPool.check_connection,  # a connection broken by an outage is replaced, not used
+            check=self._check,  # a connection broken by an outage is replaced, not used
             name="regionlock-overrides",
             open=False,
         )
@@ -132,7 +174,7 @@ class PostgresOverrideStore(SqlOverrideStore):
         self._lock = threading.Lock()
         self.listener = ChangeListener(config.conninfo, self.channel)
 
-    def _open_and_migrate(self) -> str:
+    def _open_and_migrate(self) -> tuple[str, bytes]:
         deadline = time.monotonic() + self._config.start_timeout
         delay = _BACKOFF_MIN
         while True:
@@ -153,12 +195,17 @@ class PostgresOverrideStore(SqlOverrideStore):
 
     # -- connections and transactions --------------------------------------------------------------------
 
+    def _check(self, conn: psycopg.Connection) -> None:
+        """The pool's check of a connection before lending it, which a black-holed one must not hang."""
+        with deadline(conn, min(self._config.pool_timeout, self._config.call_timeout)):
+            ConnectionPool.check_connection(conn)
+
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         if self._closed:
             raise Unavailable("override store is closed")
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection() as conn, deadline(conn, self._config.call_timeout):
                 yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             logger.warning("%s", unavailable(exc))

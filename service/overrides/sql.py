@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from regionlock.service.overrides.model import (
+    ADMIN_ACTIONS,
     AuditEvent,
     BulkResult,
     Override,
@@ -60,12 +61,12 @@ class Dialect:
         self.json_from_db = json_from_db
         self.columns = f"serial, action, reason, ticket, actor, {create_column}, {expire_column}, revision"
         self.select = f"SELECT {self.columns} FROM overrides"
-        self.audit_columns = f"revision, {time_column}, actor, action, serial, before, after, reason, ticket"
+        self.audit_columns = f"revision, {time_column}, actor, action, serial, before, after, reason, ticket, details"
         self.audit_select = f"SELECT id, {self.audit_columns} FROM audit"
         # the serials a change after a revision touched, each with its override now (NULLs: deleted)
         self.changed_since = (
             f"SELECT c.serial, {', '.join('o.' + c for c in self.columns.split(', '))}"
-            f" FROM (SELECT DISTINCT serial FROM audit WHERE revision > {mark} AND action <> 'set_unchanged') c"
+            f" FROM (SELECT DISTINCT serial FROM audit WHERE revision > {mark} AND action IN ('set', 'delete')) c"
             " LEFT JOIN overrides o ON o.serial = c.serial"
         )
 
@@ -83,7 +84,7 @@ class Dialect:
 
     def event(self, row: Sequence[Any]) -> AuditEvent:
         """The AuditEvent of a row of `audit_select`."""
-        event_id, rev, time_, actor, action, serial, before, after, reason, ticket = row
+        event_id, rev, time_, actor, action, serial, before, after, reason, ticket, details = row
         return AuditEvent(
             revision=rev,
             time=self.time_from_db(time_),
@@ -95,12 +96,15 @@ class Dialect:
             reason=reason,
             ticket=ticket,
             event_id=event_id,
+            details=None if details is None else self.json_from_db(details),
         )
 
     def event_params(self, e: AuditEvent) -> tuple[Any, ...]:
         """The values of `audit_columns` for an event."""
         before, after = override_json(e.before), override_json(e.after)
-        return (e.revision, self.time_to_db(e.time), e.actor, e.action, e.serial, before, after, e.reason, e.ticket)
+        details = None if e.details is None else _ENCODER.encode(e.details)
+        time_ = self.time_to_db(e.time)
+        return (e.revision, time_, e.actor, e.action, e.serial, before, after, e.reason, e.ticket, details)
 
     def list_query(
         self, after: str, action: OverrideAction | None, include_expired: bool, now: datetime, limit: int
@@ -163,6 +167,8 @@ class SqlOverrideStore(OverrideStore):
     dialect: Dialect
     # the StoreWriter class of a connection: called for writes in _write, and for its reads anywhere
     _writer: Callable[[Any], StoreWriter]
+    # this store's page token key (store.encode_page_token): read from table page_token_key when opened
+    _page_key: bytes
 
     @abc.abstractmethod
     def _connection(self) -> AbstractContextManager[Any]:
@@ -202,11 +208,11 @@ class SqlOverrideStore(OverrideStore):
         include_expired: bool,
         now: datetime,
     ) -> tuple[list[Override], str]:
-        size, filters, after = list_request(page_size, page_token, action, include_expired)
+        size, filters, after = list_request(self._page_key, page_size, page_token, action, include_expired)
         query, args = self.dialect.list_query(after, action, include_expired, now, size + 1)
         with self._connection() as conn:
             items = [self.dialect.override(row) for row in conn.execute(query, args)]
-        return cut_page(items, size, "overrides", filters, lambda o: o.serial)
+        return cut_page(self._page_key, items, size, "overrides", filters, lambda o: o.serial)
 
     def bulk_set(self, changes: Sequence[OverrideChange], actor: str, now: datetime, dry_run: bool) -> BulkResult:
         items = check_bulk(changes, now)
@@ -218,11 +224,27 @@ class SqlOverrideStore(OverrideStore):
             return write_bulk(writer, items, actor, now, dry_run=False)
 
     def list_audit(self, page_size: int, page_token: str, serial: str) -> tuple[builtins.list[AuditEvent], str]:
-        size, serial, before_id = audit_request(page_size, page_token, serial)
+        size, serial, before_id = audit_request(self._page_key, page_size, page_token, serial)
         query, args = self.dialect.audit_query(before_id, serial, size + 1)
         with self._connection() as conn:
             events = [self.dialect.event(row) for row in conn.execute(query, args)]
-        return cut_page(events, size, "audit", {"serial": serial}, lambda e: e.event_id)
+        return cut_page(self._page_key, events, size, "audit", {"serial": serial}, lambda e: e.event_id)
+
+    # how the dialect reads the token id out of an event's details (see record_event's `once`)
+    _details_token_id: str
+
+    def record_event(self, action: str, actor: str, now: datetime, details: dict[str, str], once: bool = False) -> bool:
+        check_actor(actor)
+        if action not in ADMIN_ACTIONS:
+            raise ValueError(f"not an admin event: {action!r}")
+        with self._write() as writer:  # the write lock: replicas noticing one change record it once
+            if once:
+                query = f"SELECT 1 FROM audit WHERE action = {self.dialect.mark} AND {self._details_token_id} = "
+                args = (action, details["token_id"])
+                if writer.conn.execute(query + self.dialect.mark + " LIMIT 1", args).fetchone():
+                    return False
+            writer.append([AuditEvent(writer.current(), now, actor, action, "", None, None, "", "", 0, details)])
+        return True
 
     def revision(self) -> int:
         with self._connection() as conn:
@@ -233,6 +255,11 @@ class SqlOverrideStore(OverrideStore):
             rev = self._writer(conn).current()
             rows = conn.execute(self.dialect.select).fetchall()
         return {row[0]: self.dialect.override(row) for row in rows}, rev
+
+    @staticmethod
+    def _read_page_key(conn: Any) -> bytes:
+        """The page token key kept in the store (made by the migration that created its table)."""
+        return bytes(conn.execute("SELECT key FROM page_token_key WHERE id = 1").fetchone()[0])
 
     def _changed_since(self, conn: Any, revision: int) -> dict[str, Override | None]:
         """Inside a snapshot: the current state (None = deleted) of every serial changed after `revision`."""

@@ -51,11 +51,45 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'append-only'); END",
         "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'append-only'); END",
     ],
+    [
+        # the key that signs page tokens (store.encode_page_token): one per store, made on first open
+        # (randomblob is SQLite's CSPRNG, seeded from the OS), never sent to a client
+        "CREATE TABLE page_token_key (id INTEGER PRIMARY KEY CHECK (id = 1), key BLOB NOT NULL)",
+        "INSERT INTO page_token_key (id, key) VALUES (1, randomblob(32))",
+    ],
+    [
+        # the trail also records reloads and token changes (model.ADMIN_ACTIONS), with their details as
+        # JSON: SQLite can't change a CHECK constraint, so the table is rebuilt (ids kept, and with them
+        # the AUTOINCREMENT sequence; DROP TABLE fires no trigger)
+        """CREATE TABLE audit_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            revision INTEGER NOT NULL,
+            time_us INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL CHECK (action IN
+                ('set', 'set_unchanged', 'delete', 'reload', 'token_create', 'token_revoke')),
+            serial TEXT NOT NULL,
+            before TEXT,
+            after TEXT,
+            reason TEXT NOT NULL,
+            ticket TEXT NOT NULL,
+            details TEXT
+        )""",
+        """INSERT INTO audit_new (id, revision, time_us, actor, action, serial, before, after, reason, ticket)
+            SELECT id, revision, time_us, actor, action, serial, before, after, reason, ticket FROM audit""",
+        "DROP TABLE audit",
+        "ALTER TABLE audit_new RENAME TO audit",
+        "CREATE INDEX audit_by_serial ON audit (serial, id)",
+        "CREATE INDEX audit_by_revision ON audit (revision)",
+        "CREATE INDEX audit_by_action ON audit (action, id)",
+        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'append-only'); END",
+        "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'append-only'); END",
+    ],
 ]
 
 SQLITE = Dialect("?", "create_us", "expire_us", "time_us", to_micros, from_micros, json.loads)
 _UPSERT = f"INSERT OR REPLACE INTO overrides ({SQLITE.columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_AUDIT = f"INSERT INTO audit ({SQLITE.audit_columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_AUDIT = f"INSERT INTO audit ({SQLITE.audit_columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _MAX_IDLE = 8
 _IN_CHUNK = 500  # serials per IN (...) query; well under SQLite's variable limit
 
@@ -87,6 +121,7 @@ class SqliteOverrideStore(SqlOverrideStore):
 
     dialect = SQLITE
     _writer = _Writer
+    _details_token_id = "json_extract(details, '$.token_id')"
 
     def __init__(self, path: str, busy_timeout_s: float = 10.0) -> None:
         directory = os.path.dirname(path) or "."
@@ -99,6 +134,7 @@ class SqliteOverrideStore(SqlOverrideStore):
         self._closed = False
         with self._connection() as conn:
             self._migrate(conn)
+            self._page_key = self._read_page_key(conn)
 
     # -- connections and transactions --------------------------------------------------------------------
 

@@ -76,6 +76,13 @@ class OverrideStore(abc.ABC):
         """One page of audit events, newest first, optionally only those of `serial` ("" for all)."""
 
     @abc.abstractmethod
+    def record_event(self, action: str, actor: str, now: datetime, details: dict[str, str], once: bool = False) -> bool:
+        """Append an audit event that is not a change of overrides (model.ADMIN_ACTIONS: serial "", no
+        before/after, no new revision) with its `details`. With `once`, nothing is written if an event of
+        this action with the same details["token_id"] is already in the trail (every replica noticing one
+        change to a shared token file records it once). True when written."""
+
+    @abc.abstractmethod
     def revision(self) -> int:
         """The latest committed revision (0 for an empty store)."""
 
@@ -224,19 +231,19 @@ def write_bulk(
 
 
 def list_request(
-    page_size: int, page_token: str, action: OverrideAction | None, include_expired: bool
+    key: bytes, page_size: int, page_token: str, action: OverrideAction | None, include_expired: bool
 ) -> tuple[int, dict[str, Any], str]:
     """The page size, the token filters and the serial to list after ("" from the start) of a list call."""
     size = page_size_or_default(page_size)
     filters = {"action": None if action is None else action.value, "include_expired": include_expired}
-    return size, filters, decode_page_token(page_token, "overrides", filters) or ""
+    return size, filters, decode_page_token(key, page_token, "overrides", filters) or ""
 
 
-def audit_request(page_size: int, page_token: str, serial: str) -> tuple[int, str, int | None]:
+def audit_request(key: bytes, page_size: int, page_token: str, serial: str) -> tuple[int, str, int | None]:
     """The page size, the normalized serial filter ("" for all) and the event id to list before."""
     size = page_size_or_default(page_size)
     serial = validate_serial(serial) if serial else ""
-    return size, serial, decode_page_token(page_token, "audit", {"serial": serial})
+    return size, serial, decode_page_token(key, page_token, "audit", {"serial": serial})
 
 
 def _event(
@@ -255,12 +262,13 @@ _Row = TypeVar("_Row")
 
 
 def cut_page(
+    key: bytes,
     rows: list[_Row], size: int, kind: str, filters: dict[str, Any], position: Callable[[_Row], Any]
 ) -> tuple[list[_Row], str]:
     """Given up to size + 1 rows, the page and the token of the next one ("" when this is the last)."""
     if len(rows) <= size:
         return rows, ""
-    return rows[:size], encode_page_token(kind, filters, position(rows[size - 1]))
+    return rows[:size], encode_page_token(key, kind, filters, position(rows[size - 1]))
 
 
 def page_size_or_default(page_size: int) -> int:
@@ -272,40 +280,59 @@ def page_size_or_default(page_size: int) -> int:
     return min(page_size, MAX_PAGE_SIZE)
 
 
-# Page tokens hold only a keyset position and the filters they were made for, so forging one gains nothing
-# a client couldn't ask for directly; the keyed digest is there to reject damaged or hand-edited tokens
-# with INVALID_ARGUMENT instead of serving a surprising page. A fixed key keeps tokens valid on every
-# replica without sharing a secret.
-_TOKEN_KEY = b"regionlock.page-token.v1"
+# Page tokens hold only a keyset position and the filters they were made for. The keyed digest rejects
+# damaged, hand-edited or forged tokens (and those of another deployment, or of a store re-created since)
+# with INVALID_ARGUMENT instead of serving a surprising page or failing in SQL. The key is generated per
+# deployment when the store is first opened and kept in the store itself (table page_token_key of both
+# backends), so every replica of one store shares it without configuration; see page_token_key below.
 _TOKEN_VERSION = 1
 _DIGEST_SIZE = 12
+PAGE_TOKEN_KEY_BYTES = 32
+_MAX_AUDIT_ID = (1 << 63) - 1
 
 
-def encode_page_token(kind: str, filters: dict[str, Any], position: Any) -> str:
+def _token_key(key: bytes) -> bytes:
+    if not isinstance(key, bytes) or len(key) < 16:
+        raise ValueError("page token key must be at least 16 bytes")  # a bug of ours, never a client's
+    return key
+
+
+def encode_page_token(key: bytes, kind: str, filters: dict[str, Any], position: Any) -> str:
     """An opaque token for the page after `position` of a `kind` listing made with `filters`."""
     payload = json.dumps(
         {"v": _TOKEN_VERSION, "k": kind, "f": filters, "p": position}, separators=(",", ":"), sort_keys=True
     ).encode()
-    digest = hmac.new(_TOKEN_KEY, payload, hashlib.sha256).digest()[:_DIGEST_SIZE]
+    digest = hmac.new(_token_key(key), payload, hashlib.sha256).digest()[:_DIGEST_SIZE]
     return base64.urlsafe_b64encode(digest + payload).rstrip(b"=").decode("ascii")
 
 
-def decode_page_token(token: str, kind: str, filters: dict[str, Any]) -> Any:
-    """The position a token carries; None for ""; InvalidArgument('page_token') when it is not ours or
-    was made for other filters."""
+def decode_page_token(key: bytes, token: str, kind: str, filters: dict[str, Any]) -> Any:
+    """The position a token carries; None for ""; InvalidArgument('page_token') when it is not ours, was
+    made for other filters, or carries a position that isn't one of a `kind` listing."""
     if not token:
         return None
+    malformed = InvalidArgument("page_token", "malformed or expired; pass next_page_token unchanged")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (ValueError, UnicodeEncodeError):
-        raise InvalidArgument("page_token", "malformed; pass next_page_token unchanged") from None
+        raise malformed from None
     digest, payload = raw[:_DIGEST_SIZE], raw[_DIGEST_SIZE:]
-    expected = hmac.new(_TOKEN_KEY, payload, hashlib.sha256).digest()[:_DIGEST_SIZE]
+    expected = hmac.new(_token_key(key), payload, hashlib.sha256).digest()[:_DIGEST_SIZE]
     if len(digest) != _DIGEST_SIZE or not hmac.compare_digest(digest, expected):
-        raise InvalidArgument("page_token", "malformed; pass next_page_token unchanged")
-    data = json.loads(payload)
-    if data.get("v") != _TOKEN_VERSION or data.get("k") != kind:
+        raise malformed
+    try:  # signed by us, so well-formed; checked anyway, as a key that leaked must not reach the SQL
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise malformed from None
+    if not isinstance(data, dict) or data.get("v") != _TOKEN_VERSION or data.get("k") != kind:
         raise InvalidArgument("page_token", "was not made by this listing")
     if data.get("f") != filters:
         raise InvalidArgument("page_token", "was made for other filters; start again without a token")
-    return data["p"]
+    position = data.get("p")
+    if kind == "overrides":
+        valid = isinstance(position, str) and "\x00" not in position and len(position) <= 64
+    else:
+        valid = type(position) is int and 0 < position <= _MAX_AUDIT_ID
+    if not valid:
+        raise malformed
+    return position

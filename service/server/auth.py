@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -195,6 +197,106 @@ def create_token(path: str | os.PathLike[str], name: str, role: str) -> str:
     return f"rl_{token_id}_{base64.urlsafe_b64encode(raw).rstrip(b'=').decode()}"
 
 
+def revoke_token(path: str | os.PathLike, name: str) -> TokenEntry:
+    """Remove the token named `name` from the file; returns its entry; TokenFileError when there is none."""
+    path = Path(path)
+    with _locked(path):
+        entries = TokenStore.load(path).entries
+        revoked = next((entry for entry in entries if entry.name == name), None)
+        if revoked is None:
+            raise TokenFileError(f"token file {path} has no token named {name!r}")
+        _write_atomically(path, [entry for entry in entries if entry is not revoked])
+    logger.info("revoked %s token %r in %s", revoked.role, name, path)
+    return revoked
+
+
+# How often a serving process looks at the token file (one stat) for tokens created or revoked since
+CHECK_INTERVAL_S = 0.5
+
+
+class TokenFile:
+    """The tokens of a token file, kept current: a created token works, a revoked one stops working, within
+    CHECK_INTERVAL_S of the change, in every process that serves Admin, with no reload.
+
+    The call path pays one clock read; at most every CHECK_INTERVAL_S one call also stats the file (the
+    others go on with the tokens they have, never waiting for it), and only when the file's identity
+    (inode, device, size, mtime, ctime) changed does that call re-read it. Writers replace the file
+    atomically (create_token, revoke_token: rename), so a read never sees half a file. A file that fails to
+    parse leaves the previous tokens in force (logged once per change); a file that is gone is no tokens,
+    as at start. `on_change(before, after)` is told of each change, from the calling thread: it must not
+    block (hand slow work to another thread).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        on_change: Callable[[TokenStore, TokenStore], None] | None = None,
+        interval: float = CHECK_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.on_change = on_change
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._signature: tuple | None = None
+        self._next_check = 0.0
+        self.store = self._read(self._stat())  # TokenFileError at start: a malformed file stops the start
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _read(self, signature: tuple | None) -> TokenStore:
+        self._signature = signature
+        if signature is None:
+            return TokenStore([])
+        return TokenStore.load(self.path)
+
+    def current(self) -> TokenStore:
+        """The tokens in force now (see the class doc for what this costs)."""
+        if self.clock() >= self._next_check and self._lock.acquire(blocking=False):
+            try:
+                self._next_check = self.clock() + self.interval
+                self._refresh()
+            finally:
+                self._lock.release()
+        return self.store
+
+    def reload(self) -> None:
+        """Re-read now if the file changed (what a SIGHUP or ReloadData does); TokenFileError if it is bad."""
+        with self._lock:
+            self._refresh(raise_errors=True)
+
+    def _refresh(self, raise_errors: bool = False) -> None:
+        signature = self._stat()
+        if signature == self._signature:
+            return
+        before = self.store
+        try:
+            self.store = self._read(signature)
+        except TokenFileError as exc:
+            if raise_errors:
+                raise
+            logger.error("token file not re-read, the previous tokens stay in force: %s", exc)
+            return
+        if signature is None:
+            logger.warning("token file %s is gone: every Admin call is refused until it is back", self.path)
+        logger.info("token file %s changed: %d tokens", self.path, len(self.store.entries))
+        if self.on_change is not None:
+            try:
+                self.on_change(before, self.store)
+            except Exception:
+                logger.exception("token file change callback failed")
+
+    def check(self, metadata_value: str | None, method: str) -> Principal:
+        """TokenStore.check with the tokens in force now."""
+        return self.current().check(metadata_value, method)
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -258,10 +360,11 @@ def acting_as(principal: Principal) -> Iterator[None]:
 class AuthInterceptor(grpc.ServerInterceptor):
     """Enforces METHOD_ROLES on AdminService calls; everything else (health, reflection) passes untouched.
 
-    `tokens` may be replaced at run time (e.g. on reload); `on_denied(code_name)` counts refusals.
+    `tokens` is a TokenFile (kept current by itself) or a fixed TokenStore; `on_denied(code_name)` counts
+    refusals.
     """
 
-    def __init__(self, tokens: TokenStore, on_denied: Callable[[str], None] | None = None) -> None:
+    def __init__(self, tokens: TokenFile | TokenStore, on_denied: Callable[[str], None] | None = None) -> None:
         self.tokens = tokens
         self.on_denied = on_denied
 
@@ -282,7 +385,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise Unauthenticated("more than one authorization metadata entry")
             principal = self.tokens.check(values[0] if values else None, method)
         except (Unauthenticated, PermissionDenied) as exc:
-            return _wrap(handler, self._denier(method, exc))
+            return _wrap(handler, self._denier(method, exc), decode=False)  # refused before reading the request
         return _wrap(handler, lambda behavior: _as(principal, behavior))
 
     def _denier(self, method: str, exc: Unauthenticated | PermissionDenied) -> Wrap:
@@ -310,7 +413,7 @@ def _as(principal: Principal, behavior: Behavior) -> Behavior:
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler[_Request, _Response], wrap: Wrap
+    handler: grpc.RpcMethodHandler[_Request, _Response], wrap: Wrap, decode: bool = True
 ) -> grpc.RpcMethodHandler[_Request, _Response]:
     """The same kind of handler with its behavior passed through `wrap` (AdminService is all unary)."""
     if handler.request_streaming or handler.response_streaming or handler.unary_unary is None:
@@ -320,5 +423,23 @@ def _wrap(
 
         return grpc.unary_unary_rpc_method_handler(unsupported)
     return grpc.unary_unary_rpc_method_handler(
-        wrap(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+        _decoding(wrap(handler.unary_unary), handler.request_deserializer if decode else None),
+        None,
+        handler.response_serializer,
     )
+
+
+def _decoding(behavior, deserializer):
+    """Decode the request bytes here rather than in grpcio, whose failure would be INTERNAL: bytes that are
+    not the method's request message are the client's mistake, INVALID_ARGUMENT."""
+    if deserializer is None:
+        return behavior
+
+    def run(request: bytes, context):
+        try:
+            message = deserializer(request)
+        except Exception:  # protobuf's DecodeError, or a RecursionError for nesting past its limit
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid message of this method")
+        return behavior(message, context)
+
+    return run

@@ -20,8 +20,8 @@ from regionlock.service.errors import ServiceError
 from regionlock.service.overrides.factory import open_store
 from regionlock.service.overrides.index import OverrideIndexRefresher
 from regionlock.service.server.admin.servicer import AdminServicer
-from regionlock.service.server.auth import AuthInterceptor, TokenFileError, TokenStore
-from regionlock.service.server.check.servicer import DeviceCheckServicer, add_to_server
+from regionlock.service.server.auth import AuthInterceptor, TokenEntry, TokenFile, TokenFileError, TokenStore
+from regionlock.service.server.check.servicer import DeviceCheckServicer, add_to_server, utc_now
 from regionlock.service.server.metrics import Metrics, start_metrics_listener
 from regionlock.service.server.settings import Settings
 from regionlock.service.snapshot import Snapshot, SnapshotHolder, allowlist_built_at
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 CHECK_SERVICE = device_check_pb2.DESCRIPTOR.services_by_name["DeviceCheckService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# the actors of audit events no token made: a reload by signal, a change of the token file (whoever ran
+# `regionlock token`: the file doesn't say, and the CLI doesn't reach the store)
+SIGNAL_ACTOR = "signal:SIGHUP"
+TOKEN_FILE_ACTOR = "token-file"
 
 
 def freeze_startup_objects() -> None:
@@ -167,18 +171,54 @@ class Service:
         self._reload_lock = threading.Lock()
         self._stopped = threading.Event()
 
-    def _load_tokens(self) -> TokenStore:
-        """The token file; a missing one leaves Admin refusing every call (a malformed one stops the start)."""
+    def _load_tokens(self) -> TokenFile:
+        """The token file, re-read when it changes; a missing one leaves Admin refusing every call until it
+        is created (a malformed one stops the start)."""
         path = self.settings.tokens_path
         if not path.exists():
             log.warning(
                 "no token file at %s: every Admin call will be refused until one is created with "
-                "`regionlock token create NAME --role operator --tokens %s` and the server reloads (SIGHUP)",
+                "`regionlock token create NAME --role operator --tokens %s`",
                 path,
                 path,
             )
-            return TokenStore([])
-        return TokenStore.load(path)
+        tokens = TokenFile(path, on_change=self._on_tokens_changed)
+        # tokens created while no server watched the file: recorded now (once, whoever starts first)
+        self._audit_tokens([("token_create", entry) for entry in tokens.store.entries])
+        return tokens
+
+    def _on_tokens_changed(self, before: TokenStore, after: TokenStore) -> None:
+        """Audit what changed in the token file (told by TokenFile on a call's thread: handed to a thread)."""
+        old = {entry.token_id: entry for entry in before.entries}
+        new = {entry.token_id: entry for entry in after.entries}
+        changes = [("token_create", e) for i, e in new.items() if i not in old]
+        changes += [("token_revoke", e) for i, e in old.items() if i not in new]
+        if changes:
+            self._audit_tokens(changes)
+
+    def _audit_tokens(self, changes: list[tuple[str, TokenEntry]]) -> None:
+        def record() -> None:
+            for action, entry in changes:
+                details = {"name": entry.name, "role": entry.role, "token_id": entry.token_id}
+                details["file"] = str(self.settings.tokens_path)
+                try:  # once: replicas sharing the file and the store record each change once
+                    self.store.record_event(action, TOKEN_FILE_ACTOR, utc_now(), details, once=True)
+                except Exception as exc:
+                    log.error("token change not recorded in the audit trail: %s %s: %s", action, entry.name, exc)
+
+        threading.Thread(target=record, name="audit-tokens", daemon=True).start()
+
+    def _audit_reload(self, actor: str, before: Snapshot | None, after: Snapshot | None, error: str) -> None:
+        details = {"result": "failed" if error else "ok", "error": error}
+        for name, snapshot in (("before", before), ("after", after)):
+            if snapshot is not None:
+                versions = snapshot.versions
+                details |= {f"geo_{name}": versions.geo, f"allowlist_{name}": versions.allowlist}
+                details[f"policy_{name}"] = versions.policy
+        try:
+            self.store.record_event("reload", actor, utc_now(), details)
+        except Exception as exc:
+            log.error("reload by %s not recorded in the audit trail: %s", actor, exc)
 
     def _on_swap(self, snapshot: Snapshot) -> None:
         v = snapshot.versions
@@ -204,28 +244,39 @@ class Service:
         while not self._stopped.wait(1.0):
             self.metrics.overrides_staleness.set(self.refresher.staleness_seconds())
 
-    def reload(self) -> Snapshot:
-        """Load the data files and policy into a new snapshot (raises FailedPrecondition, old data kept)."""
+    def reload(self, actor: str | None = None) -> Snapshot:
+        """Load the data files and policy into a new snapshot (raises FailedPrecondition, old data kept).
+
+        `actor` (the token name of a ReloadData, SIGNAL_ACTOR for SIGHUP; None for the load at start) is
+        recorded with the versions before and after in the audit trail by the process that serves Admin.
+        """
         with self._reload_lock:
             if self.serve_admin:
                 try:
-                    self.auth.tokens = self._load_tokens()
+                    self.auth.tokens.reload()
                 except TokenFileError as exc:
                     log.error("token file not reloaded, the previous tokens stay in force: %s", exc)
+            before = self.holder.current
+            audit = self.serve_admin and actor is not None
             try:
                 snapshot = self.holder.reload(self.settings)
-            except Exception:
+            except Exception as exc:
                 self.metrics.reloads.labels("failed").inc()
+                if audit:
+                    message = exc.message if isinstance(exc, ServiceError) else "unexpected error; see the log"
+                    self._audit_reload(actor, before, None, message)
                 raise
             self.metrics.reloads.labels("ok").inc()
+            if audit:
+                self._audit_reload(actor, before, snapshot, "")
             if self._check_health is not None:
                 for name in ("", CHECK_SERVICE):
                     self._check_health.set(name, health_pb2.HealthCheckResponse.SERVING)
             return snapshot
 
-    def reload_everywhere(self) -> Snapshot:
+    def reload_everywhere(self, actor: str) -> Snapshot:
         """Reload here (validating the new data) and then in every worker process, if there are any."""
-        snapshot = self.reload()
+        snapshot = self.reload(actor)
         if self.on_reloaded is not None:
             self.on_reloaded()
         return snapshot
@@ -250,7 +301,7 @@ def reload_in_background(service: Service) -> None:
 
 def _reload(service: Service) -> None:
     try:
-        service.reload()
+        service.reload(SIGNAL_ACTOR)
     except ServiceError:
         pass  # logged and counted by the holder; the old data keeps serving
     except Exception:

@@ -53,7 +53,7 @@ def test_url_parameters_are_ours_or_libpq_and_defaults_fill_the_rest():
     assert "sslmode=require" in conninfo and "connect_timeout=9" in conninfo and "keepalives=1" in conninfo
     assert "search_path=fleet_a" in conninfo and "schema" not in conninfo.replace("search_path=fleet_a", "")
     own_options = parse_url("postgres://h/db?options=-c%20statement_timeout%3D5000").conninfo
-    assert own_options.index("statement_timeout=60000") < own_options.index("statement_timeout=5000")  # theirs wins
+    assert own_options.index("statement_timeout=10000") < own_options.index("statement_timeout=5000")  # theirs wins
 
 
 @pytest.mark.parametrize(
@@ -224,4 +224,5 @@ def test_tables_live_in_the_named_schema_only(schema, now):
         query = sql.SQL("SELECT count(*) FROM {}.overrides").format(sql.Identifier(schema))
         assert conn.execute(query).fetchone() == (1,)
         tables = conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))
-        assert sorted(row[0] for row in tables) == ["audit", "overrides", "regionlock_schema", "revision"]
+        names = ["audit", "overrides", "page_token_key", "regionlock_schema", "revision"]
+        assert sorted(row[0] for row in tables) == names

@@ -42,7 +42,7 @@ class AdminBackend(Protocol):
     refresher: OverrideIndexRefresher
     start_time: float
 
-    def reload_everywhere(self) -> Snapshot: ...
+    def reload_everywhere(self, actor: str) -> Snapshot: ...
 
 
 _T = TypeVar("_T")
@@ -83,14 +83,27 @@ def _action_filter(value: pb.OverrideAction, field: str) -> OverrideAction | Non
     return _ACTIONS[value]
 
 
-def change_from(request: pb.SetOverrideRequest) -> OverrideChange:
-    """The domain change a SetOverrideRequest asks for (validated later, with the item's index)."""
+# what google.protobuf.Timestamp allows (0001-01-01 to 9999-12-31 UTC), which is also what datetime holds
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def _expire_time(request: pb.SetOverrideRequest, field: str) -> datetime | None:
+    if not request.HasField("expire_time"):
+        return None
+    ts = request.expire_time
+    if not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS or not 0 <= ts.nanos <= 999_999_999:
+        raise InvalidArgument(field, "must be a valid timestamp between 0001-01-01 and 9999-12-31 UTC")
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def change_from(request: pb.SetOverrideRequest, prefix: str = "") -> OverrideChange:
+    """The domain change a SetOverrideRequest asks for (validated later, with the item's index as `prefix`)."""
     return OverrideChange(
         serial=request.serial,
         action=_ACTIONS.get(request.action),
         reason=request.reason,
         ticket=request.ticket,
-        expire_time=request.expire_time.ToDatetime(tzinfo=UTC) if request.HasField("expire_time") else None,
+        expire_time=_expire_time(request, prefix + "expire_time"),
     )
 
 
@@ -165,7 +178,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         if len(request.items) > MAX_BULK_ITEMS:
             raise InvalidArgument("items", f"at most {MAX_BULK_ITEMS} items per call, got {len(request.items)}")
         now = self.clock()
-        changes = [change_from(item) for item in request.items]
+        changes = [change_from(item, f"items[{i}].") for i, item in enumerate(request.items)]
         result = self._store_call(self.service.store.bulk_set, changes, current_principal().name, now, request.dry_run)
         if not request.dry_run:
             self._caught_up()
@@ -193,6 +206,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 reason=event.reason,
                 ticket=event.ticket,
             )
+            if event.details:
+                message.details.update(event.details)
             if event.before is not None:
                 message.before.CopyFrom(override_message(event.before))
             if event.after is not None:
@@ -202,7 +217,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @edge.unary("ReloadData")
     def ReloadData(self, request: pb.ReloadDataRequest, context: grpc.ServicerContext) -> pb.ReloadDataResponse:
-        snapshot = self.service.reload_everywhere()
+        snapshot = self.service.reload_everywhere(current_principal().name)
         return pb.ReloadDataResponse(versions=versions_message(snapshot))
 
     @edge.unary("GetStatus")
