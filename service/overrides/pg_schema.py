@@ -163,7 +163,7 @@ def parse_url(url: str) -> PgConfig:
         raise InvalidArgument(
             "store", "pool_size, pool_timeout and call_timeout must be positive, start_timeout not negative"
         )
-    return PgConfig(make_conninfo(**params), schema, pool_size, pool_timeout, start_timeout, call_timeout)
+    return PgConfig(make_conninfo("", **params), schema, pool_size, pool_timeout, start_timeout, call_timeout)
 
 
 def channel_for(schema: str) -> str:
@@ -206,5 +206,5 @@ def migrate(conn: psycopg.Connection, schema: str | None) -> tuple[str, bytes]:
             for statement in MIGRATIONS[step]:
                 conn.execute(statement)
         conn.execute("UPDATE regionlock_schema SET version = %s WHERE id = 1", (len(MIGRATIONS),))
-        key = bytes(conn.execute("SELECT key FROM page_token_key WHERE id = 1").fetchone()[0])
+        key = bytes(_first(conn.execute("SELECT key FROM page_token_key WHERE id = 1").fetchone()))
     return name, key

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from regionlock.service.overrides.model import (
     ADMIN_ACTIONS,
@@ -241,7 +241,8 @@ class SqlOverrideStore(OverrideStore):
             if once:
                 query = f"SELECT 1 FROM audit WHERE action = {self.dialect.mark} AND {self._details_token_id} = "
                 args = (action, details["token_id"])
-                if writer.conn.execute(query + self.dialect.mark + " LIMIT 1", args).fetchone():
+                # every writer of an SQL store is an SqlWriter: its connection runs the lookup
+                if cast(SqlWriter, writer).conn.execute(query + self.dialect.mark + " LIMIT 1", args).fetchone():
                     return False
             writer.append([AuditEvent(writer.current(), now, actor, action, "", None, None, "", "", 0, details)])
         return True

@@ -262,8 +262,7 @@ _Row = TypeVar("_Row")
 
 
 def cut_page(
-    key: bytes,
-    rows: list[_Row], size: int, kind: str, filters: dict[str, Any], position: Callable[[_Row], Any]
+    key: bytes, rows: list[_Row], size: int, kind: str, filters: dict[str, Any], position: Callable[[_Row], Any]
 ) -> tuple[list[_Row], str]:
     """Given up to size + 1 rows, the page and the token of the next one ("" when this is the last)."""
     if len(rows) <= size:

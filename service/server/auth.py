@@ -197,7 +197,7 @@ def create_token(path: str | os.PathLike[str], name: str, role: str) -> str:
     return f"rl_{token_id}_{base64.urlsafe_b64encode(raw).rstrip(b'=').decode()}"
 
 
-def revoke_token(path: str | os.PathLike, name: str) -> TokenEntry:
+def revoke_token(path: str | os.PathLike[str], name: str) -> TokenEntry:
     """Remove the token named `name` from the file; returns its entry; TokenFileError when there is none."""
     path = Path(path)
     with _locked(path):
@@ -229,7 +229,7 @@ class TokenFile:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         on_change: Callable[[TokenStore, TokenStore], None] | None = None,
         interval: float = CHECK_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
@@ -239,18 +239,18 @@ class TokenFile:
         self.interval = interval
         self.clock = clock
         self._lock = threading.Lock()
-        self._signature: tuple | None = None
+        self._signature: tuple[int, ...] | None = None
         self._next_check = 0.0
         self.store = self._read(self._stat())  # TokenFileError at start: a malformed file stops the start
 
-    def _stat(self) -> tuple | None:
+    def _stat(self) -> tuple[int, ...] | None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def _read(self, signature: tuple | None) -> TokenStore:
+    def _read(self, signature: tuple[int, ...] | None) -> TokenStore:
         self._signature = signature
         if signature is None:
             return TokenStore([])
@@ -429,13 +429,15 @@ def _wrap(
     )
 
 
-def _decoding(behavior, deserializer):
+def _decoding(
+    behavior: Callable[[Any, grpc.ServicerContext], Any], deserializer: Callable[[bytes], Any] | None
+) -> Callable[[Any, grpc.ServicerContext], Any]:
     """Decode the request bytes here rather than in grpcio, whose failure would be INTERNAL: bytes that are
     not the method's request message are the client's mistake, INVALID_ARGUMENT."""
     if deserializer is None:
         return behavior
 
-    def run(request: bytes, context):
+    def run(request: bytes, context: grpc.ServicerContext) -> Any:
         try:
             message = deserializer(request)
         except Exception:  # protobuf's DecodeError, or a RecursionError for nesting past its limit

@@ -159,8 +159,9 @@ class Service:
             self._servers.append(server)
             self._health.append(self._check_health)
         if self.serve_admin:
+            self.tokens = self._load_tokens()
             self.auth = AuthInterceptor(
-                self._load_tokens(), on_denied=lambda code: self.metrics.auth_failures.labels(code).inc()
+                self.tokens, on_denied=lambda code: self.metrics.auth_failures.labels(code).inc()
             )
             self.admin_servicer = AdminServicer(self)
             server, self.admin_port, self._admin_health = create_admin_server(
@@ -253,21 +254,20 @@ class Service:
         with self._reload_lock:
             if self.serve_admin:
                 try:
-                    self.auth.tokens.reload()
+                    self.tokens.reload()
                 except TokenFileError as exc:
                     log.error("token file not reloaded, the previous tokens stay in force: %s", exc)
             before = self.holder.current
-            audit = self.serve_admin and actor is not None
             try:
                 snapshot = self.holder.reload(self.settings)
             except Exception as exc:
                 self.metrics.reloads.labels("failed").inc()
-                if audit:
+                if self.serve_admin and actor is not None:
                     message = exc.message if isinstance(exc, ServiceError) else "unexpected error; see the log"
                     self._audit_reload(actor, before, None, message)
                 raise
             self.metrics.reloads.labels("ok").inc()
-            if audit:
+            if self.serve_admin and actor is not None:
                 self._audit_reload(actor, before, snapshot, "")
             if self._check_health is not None:
                 for name in ("", CHECK_SERVICE):
