@@ -1,4 +1,5 @@
 # The two commands are `make run` and `make test`; everything else is a step they call.
+# `make check` is the fast loop while working: lint and the tests that start no server process and build no wheel.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,12 +7,15 @@ STAMP := $(VENV)/.regionlock-installed
 SOURCES := pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd core/*.h core/*.py service/*.pyx service/*/*.pyx service/*/*/*.pyx proto/regionlock/*/*.proto proto/regionlock/*/*/*.proto)
 export REGIONLOCK_REQUIRE_EXTENSION := 1
 
-.PHONY: run test lint pytest install bench clean
+.PHONY: run test check lint pytest pytest-fast install bench clean
 
 run: $(STAMP)
 	$(BIN)/regionlock serve
 
 test: $(STAMP) lint pytest
+
+# lint is every static check (whatever joins it, e.g. a type checker, joins check too)
+check: $(STAMP) lint pytest-fast
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -19,6 +23,10 @@ lint: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -W error
+
+# everything but the e2e tests (tests/e2e/ and the load test: serve processes, workers, replicas, the wheel)
+pytest-fast: $(STAMP)
+	$(BIN)/pytest -q -W error -m "not e2e"
 
 install: $(STAMP)
 
