@@ -14,9 +14,15 @@ from regionlock.core.geo import GeoDatabase
 from regionlock.service.snapshot import GeoProvenance
 
 from support.geo import stamp_source_build
-from support.service import GEO_ROWS
+from support.service import GEO_ROWS, write_world
 
 DAY = 86400
+
+
+@pytest.fixture
+def world(tmp_path):
+    """The small world built now (not copied from the session's build): its build time is the test's own."""
+    return write_world(tmp_path / "world", fresh=True)
 
 
 @pytest.fixture(scope="module")

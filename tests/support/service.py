@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,11 +70,33 @@ def policy_text(mode: str = "enforce", gray: str = "block", serial: str = "block
     return TEST_POLICY.format(mode=mode, gray=gray, serial=serial, region=region)
 
 
-def write_world(directory: Path, **policy) -> Settings:
-    """Build the small world's data files in `directory`; return settings that point at them."""
+def _build_world_data(directory: Path) -> tuple[Path, Path]:
+    """Build the small world's region database and allowlist (and their CSV sources) in `directory`."""
+    return build_geo_from_rows(directory, GEO_ROWS), build_allowlist_from_rows(directory, ALLOWLIST_ROWS)
+
+
+@functools.cache
+def _world_data() -> Path:
+    """The small world's data files, built once per test process (the region database alone is 64 MiB, about
+    0.4 s to build): write_world copies them, so every world still has files of its own to replace or damage."""
+    directory = Path(tempfile.mkdtemp(prefix="regionlock-world-"))
+    owner = os.getpid()  # a forked child that exits through atexit must not take the build with it
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(directory, ignore_errors=True))
+    _build_world_data(directory)
+    return directory
+
+
+def write_world(directory: Path, fresh: bool = False, **policy) -> Settings:
+    """The small world's data files in `directory`: copies of the process's one build, or built there and then
+    if `fresh` (for a test of the build time); return settings that point at them."""
     directory.mkdir(parents=True, exist_ok=True)
-    geo = build_geo_from_rows(directory, GEO_ROWS)
-    allowlist = build_allowlist_from_rows(directory, ALLOWLIST_ROWS)
+    if fresh:
+        geo, allowlist = _build_world_data(directory)
+    else:
+        built = _world_data()
+        for source in sorted(built.iterdir()):
+            shutil.copyfile(source, directory / source.name)  # a new file (and mtime), never a link to the build
+        geo, allowlist = directory / "geo.rlgeo", directory / "allowlist.rlallow"
     policy_path = directory / "policy.toml"
     policy_path.write_text(policy_text(**policy))
     return Settings(
