@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -97,10 +98,14 @@ def test_first_start_builds_and_second_start_reuses(tmp_path):
         assert stop_server_process(ServerProcess(process, check, admin, tmp_path / "second.log")) == 0
 
 
-def test_demo_geo_data_from_before_ipv4_aliases_is_rebuilt(tmp_path, caplog):
+def test_demo_geo_data_from_before_ipv4_aliases_is_rebuilt(tmp_path, caplog, geolite2_db):
     """A data directory from an older release: its geo database would let 2002:565:d001::1 (Crimea) through."""
     settings = Settings(data_dir=tmp_path, demo_serials=1000)
+    # the demo's region database is GeoLite2-City built as the session's geolite2_db was: start from a copy of it
+    shutil.copyfile(geolite2_db, settings.geo_path)
+    copied = settings.geo_path.stat().st_mtime_ns
     prepare_embedded_data(settings)
+    assert settings.geo_path.stat().st_mtime_ns == copied  # reused, as a second start reuses it
     as_built_before_aliases(settings.geo_path)
     assert GeoDatabase.open(settings.geo_path).lookup("2002:565:d001::1") is None
     load_data(settings)

@@ -22,6 +22,7 @@ from support.service import (
     IP_CRIMEA,
     start_server_process,
     stop_server_process,
+    write_world,
 )
 
 
@@ -33,15 +34,25 @@ def grpcurl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def server(world, tmp_path):
+    """A server of the test's own (for a test that changes its data)."""
     process = start_server_process(world, tmp_path)
     yield process
     assert stop_server_process(process) == 0, process.log()
 
 
-def test_grpcurl_lists_both_services_and_checks_health(server):
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One server for the module's tests that only ask it things: they change neither the server nor its files."""
+    directory = tmp_path_factory.mktemp("served")
+    process = start_server_process(write_world(directory / "world"), directory)
+    yield process
+    assert stop_server_process(process) == 0, process.log()
+
+
+def test_grpcurl_lists_both_services_and_checks_health(served):
     for address, service in (
-        (server.check_addr, "regionlock.v1.DeviceCheckService"),
-        (server.admin_addr, "regionlock.admin.v1.AdminService"),
+        (served.check_addr, "regionlock.v1.DeviceCheckService"),
+        (served.admin_addr, "regionlock.admin.v1.AdminService"),
     ):
         listed = grpcurl("-plaintext", address, "list")
         assert listed.returncode == 0, listed.stderr
@@ -55,9 +66,9 @@ def test_grpcurl_lists_both_services_and_checks_health(server):
         assert described.returncode == 0, described.stderr
 
 
-def test_grpcurl_check_device_with_json(server):
+def test_grpcurl_check_device_with_json(served):
     body = json.dumps({"serial": "EEA-0001", "ip": IP_CRIMEA, "request_id": "g1", "explain": True})
-    result = grpcurl("-plaintext", "-d", body, server.check_addr, "regionlock.v1.DeviceCheckService/CheckDevice")
+    result = grpcurl("-plaintext", "-d", body, served.check_addr, "regionlock.v1.DeviceCheckService/CheckDevice")
     assert result.returncode == 0, result.stderr
     response = json.loads(result.stdout)
     assert response["verdict"] == "VERDICT_BLOCK"
@@ -67,9 +78,9 @@ def test_grpcurl_check_device_with_json(server):
     assert response["trace"]
 
 
-def test_grpcurl_invalid_argument(server):
+def test_grpcurl_invalid_argument(served):
     body = json.dumps({"serial": "EEA-0001", "ip": "300.1.1.1"})
-    result = grpcurl("-plaintext", "-d", body, server.check_addr, "regionlock.v1.DeviceCheckService/CheckDevice")
+    result = grpcurl("-plaintext", "-d", body, served.check_addr, "regionlock.v1.DeviceCheckService/CheckDevice")
     assert result.returncode != 0
     assert "InvalidArgument" in result.stderr
     assert "ip: " in result.stderr
