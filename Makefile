@@ -24,9 +24,10 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -W error
 
-# everything but the e2e tests (tests/e2e/ and the load test: serve processes, workers, replicas, the wheel)
+# all but the e2e tests (tests/e2e/ and the load test: serve processes, workers, replicas, the wheel) and the
+# slow ones (seconds each: thousands of opens of a 64 MiB file, a million GeoLite2 lookups, maximum-size bulks)
 pytest-fast: $(STAMP)
-	$(BIN)/pytest -q -W error -m "not e2e"
+	$(BIN)/pytest -q -W error -m "not e2e and not slow"
 
 install: $(STAMP)
 

@@ -1,7 +1,7 @@
 """Shared pytest fixtures live in the `support` package beside this file; its fixture modules are plugins.
 
 Tests under e2e/ run what a user runs from a shell (`regionlock serve` processes, workers, replicas, the wheel in
-a clean venv) and are marked `e2e`: `make check` leaves them out (`-m "not e2e"`), `make test` runs everything.
+a clean venv) and are marked `e2e`: `make check` leaves them out (with the `slow` ones), `make test` runs everything.
 """
 
 from pathlib import Path

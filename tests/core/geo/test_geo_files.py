@@ -158,6 +158,7 @@ def test_wrong_magic_and_version_are_refused(tmp_path, good):
         GeoDatabase.open(tmp_path / "m.rlgeo")
 
 
+@pytest.mark.slow  # opens the 64 MiB database 1,500 times or more
 def test_truncations_are_refused(tmp_path, good):
     path = tmp_path / "t.rlgeo"
     shutil.copyfile(good, path)
@@ -171,6 +172,7 @@ def test_truncations_are_refused(tmp_path, good):
                 GeoDatabase.open(path, verify=verify)
 
 
+@pytest.mark.slow  # opens the 64 MiB database 1,500 times or more
 def test_flipped_bytes_are_refused_with_verify(tmp_path, good):
     path = tmp_path / "f.rlgeo"
     shutil.copyfile(good, path)
@@ -194,6 +196,7 @@ def test_flipped_bytes_are_refused_with_verify(tmp_path, good):
             f.flush()
 
 
+@pytest.mark.slow  # opens the 64 MiB database 1,500 times or more
 def test_flipped_bytes_never_crash_without_verify(tmp_path, good):
     path = tmp_path / "g.rlgeo"
     shutil.copyfile(good, path)
