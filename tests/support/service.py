@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import shutil
@@ -139,14 +140,14 @@ class Running:
         )
 
 
-@pytest.fixture
-def running(world) -> Iterator[Running]:
-    """The Service on the small world, started and loaded, on free ports of 127.0.0.1."""
+@contextlib.contextmanager
+def run_service(settings: Settings) -> Iterator[Running]:
+    """The Service on `settings` (with an operator and a viewer token), started and loaded, and channels to it."""
     from regionlock.service.server.lifecycle import Service
 
-    operator = create_token(world.tokens_path, "alice", "operator")
-    viewer = create_token(world.tokens_path, "victor", "viewer")
-    service = Service(world)
+    operator = create_token(settings.tokens_path, "alice", "operator")
+    viewer = create_token(settings.tokens_path, "victor", "viewer")
+    service = Service(settings)
     service.start()
     service.reload()
     check = grpc.insecure_channel(f"127.0.0.1:{service.check_port}")
@@ -157,6 +158,21 @@ def running(world) -> Iterator[Running]:
         check.close()
         admin.close()
         service.stop(0)
+
+
+@pytest.fixture
+def running(world) -> Iterator[Running]:
+    """The Service on the small world, started and loaded, on free ports of 127.0.0.1: the test's own."""
+    with run_service(world) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """`running`, shared by a module's tests that change neither the server (its data, overrides, settings) nor
+    its files and assert nothing about counts other calls move (metrics): they only ask it things."""
+    with run_service(write_world(tmp_path_factory.mktemp("served") / "world")) as started:
+        yield started
 
 
 def free_port() -> int:
