@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.regionlock-installed
 SOURCES := pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd core/*.h core/*.py service/*.pyx service/*/*.pyx service/*/*/*.pyx proto/regionlock/*/*.proto proto/regionlock/*/*/*.proto)
 export REGIONLOCK_REQUIRE_EXTENSION := 1
+# pytest-xdist workers (one per core); a test file runs whole on one worker, so its module fixtures stay shared.
+# `make test PYTEST_WORKERS=0` runs the suite in one process.
+PYTEST_WORKERS ?= auto
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: run test check lint pytest pytest-fast install bench clean
 
@@ -22,12 +26,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 pytest: $(STAMP)
-	$(BIN)/pytest -W error
+	$(BIN)/pytest -W error $(XDIST)
 
 # all but the e2e tests (tests/e2e/ and the load test: serve processes, workers, replicas, the wheel) and the
 # slow ones (seconds each: thousands of opens of a 64 MiB file, a million GeoLite2 lookups, maximum-size bulks)
 pytest-fast: $(STAMP)
-	$(BIN)/pytest -q -W error -m "not e2e and not slow"
+	$(BIN)/pytest -q -W error $(XDIST) -m "not e2e and not slow"
 
 install: $(STAMP)
 

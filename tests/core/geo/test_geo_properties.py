@@ -98,6 +98,7 @@ def pieces_inside_aliases(network: str) -> list[str]:
     return [str(net) for net in nets if net.version == 6 and any(net.subnet_of(alias) for alias in aliases)]
 
 
+@pytest.mark.slow  # 15 builds of a 64 MiB database
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(rows, min_size=1, max_size=3), st.integers(0, 2**32))
 def test_compiled_database_agrees_with_reference(sources, seed):
@@ -148,6 +149,7 @@ v4_networks = st.tuples(
 ).map(lambda t: (str(ipaddress.IPv4Network(t[:2], strict=False)), *t[2]))
 
 
+@pytest.mark.slow  # builds of 64 MiB databases from generated MaxMind DB files
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(v4_networks, max_size=10),

@@ -176,6 +176,7 @@ def test_a_commit_through_another_store_wakes_the_watcher_at_once(schema, now):
     writer.close()
 
 
+@pytest.mark.slow  # waits out the outage and the reconnection
 def test_an_outage_fails_fast_with_unavailable_and_the_store_recovers_and_catches_up(schema, proxy, now):
     direct = open_store(store_url(schema))
     store = open_store(store_url(schema, port=proxy.port, pool_timeout=1.5))
