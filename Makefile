@@ -1,5 +1,5 @@
 # The two commands are `make run` and `make test`; everything else is a step they call.
-# `make check` is the fast loop while working: lint and the tests that start no server process and build no wheel.
+# `make check` is the fast loop while working: lint and the tests that neither start a server process nor take long.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
