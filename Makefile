@@ -1,17 +1,25 @@
 # The two commands are `make run` and `make test`; everything else is a step they call.
+# `make check` is the fast loop while working: lint and the tests that neither start a server process nor take long.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.regionlock-installed
 SOURCES := pyproject.toml setup.py $(wildcard core/*.pyx core/*.pxd core/*.h core/*.py service/*.pyx service/*/*.pyx service/*/*/*.pyx proto/regionlock/*/*.proto proto/regionlock/*/*/*.proto)
 export REGIONLOCK_REQUIRE_EXTENSION := 1
+# pytest-xdist workers (one per core); a test file runs whole on one worker, so its module fixtures stay shared.
+# `make test PYTEST_WORKERS=0` runs the suite in one process.
+PYTEST_WORKERS ?= auto
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
-.PHONY: run test lint pytest install bench clean
+.PHONY: run test check lint pytest pytest-fast install bench clean
 
 run: $(STAMP)
 	$(BIN)/regionlock serve
 
 test: $(STAMP) lint pytest
+
+# lint is every static check (whatever joins it, e.g. a type checker, joins check too)
+check: $(STAMP) lint pytest-fast
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -19,7 +27,12 @@ lint: $(STAMP)
 	$(BIN)/python tools/typecheck.py  # mypy (strict, pyproject.toml) and stubtest of the compiled modules' .pyi
 
 pytest: $(STAMP)
-	$(BIN)/pytest -W error
+	$(BIN)/pytest -W error $(XDIST)
+
+# all but the e2e tests (tests/e2e/ and the load test: serve processes, workers, replicas, the wheel) and the
+# slow ones (seconds each: thousands of opens of a 64 MiB file, a million GeoLite2 lookups, maximum-size bulks)
+pytest-fast: $(STAMP)
+	$(BIN)/pytest -q -W error $(XDIST) -m "not e2e and not slow"
 
 install: $(STAMP)
 
