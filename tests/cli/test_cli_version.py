@@ -7,7 +7,7 @@ from pathlib import Path
 
 from support.service import regionlock_command
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def test_version_prints_the_installed_version():
