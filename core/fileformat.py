@@ -171,12 +171,13 @@ def write_data_file(
     return FileHeader(magic, version, metadata, offset, length, sha)
 
 
-def parse_header(buf: Any, magic: bytes, version: int, name: str) -> FileHeader:
+def parse_header(buf: Any, magic: bytes, version: int, name: str, size: int | None = None) -> FileHeader:
     """Validate the header of a mapped file (magic, version, CRC, bounds); raise a clear error if bad.
 
-    Checks the file length against the payload bounds, so a truncated or extended file is refused.
+    Checks the file length against the payload bounds, so a truncated or extended file is refused. `size`: the
+    file's length when `buf` holds only its header (read_header), else `buf` is the whole file.
     """
-    size = len(buf)
+    size = len(buf) if size is None else size
     if size < PREAMBLE.size:
         raise CorruptFileError(f"{name}: truncated: {size} bytes is shorter than the header")
     file_magic, file_version, crc, meta_len, reserved, offset, length, sha = PREAMBLE.unpack_from(buf, 0)
@@ -236,6 +237,18 @@ def check_little_endian_host(kind: str) -> None:
         raise OSError(f"regionlock {kind} are little-endian; this host is not")
 
 
+def read_header(f: BinaryIO, size: int, magic: bytes, version: int, name: str) -> FileHeader:
+    """The header of an open data file of `size` bytes, read and checked without reading the payload: a file
+    that is truncated, extended or damaged in its header is refused before it is copied. The copy's own header
+    is checked again, since the file may change in between."""
+    head = os.pread(f.fileno(), PREAMBLE.size, 0)
+    if len(head) == PREAMBLE.size:
+        meta_len = PREAMBLE.unpack_from(head, 0)[3]
+        if meta_len <= MAX_METADATA_BYTES:
+            head += os.pread(f.fileno(), meta_len, PREAMBLE.size)
+    return parse_header(head, magic, version, name, size=size)
+
+
 def load_data_file(
     path: str | os.PathLike[str], magic: bytes, version: int, verify: bool
 ) -> tuple[mmap.mmap, FileHeader]:
@@ -251,6 +264,7 @@ def load_data_file(
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise CorruptFileError(f"{name}: truncated: the file is empty")
+        read_header(f, size, magic, version, name)
         if _share_dir is not None:
             return _load_shared(f, size, magic, version, verify, name, _share_dir)
         copy = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
