@@ -36,7 +36,7 @@ def remove_leftovers(parent: str | None) -> list[str]:
     gone (only this user's); return their paths. A directory of a live process, or one not named by
     instance_dir, is left alone."""
     parent = parent or tempfile.gettempdir()
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(parent))
     except OSError:
