@@ -242,8 +242,11 @@ class Service:
 
     def _watch_staleness(self) -> None:
         # a gauge a scrape can read in every process model (set_function does not work across processes)
-        while not self._stopped.wait(1.0):
+        while True:
             self.metrics.overrides_staleness.set(self.refresher.staleness_seconds())
+            self.metrics.update_process()
+            if self._stopped.wait(1.0):
+                return
 
     def reload(self, actor: str | None = None) -> Snapshot:
         """Load the data files and policy into a new snapshot (raises FailedPrecondition, old data kept).
@@ -258,15 +261,19 @@ class Service:
                 except TokenFileError as exc:
                     log.error("token file not reloaded, the previous tokens stay in force: %s", exc)
             before = self.holder.current
+            # a reload, not the load at start; counted where Admin is served, so once however many workers
+            counted = before is not None and self.serve_admin
             try:
                 snapshot = self.holder.reload(self.settings)
             except Exception as exc:
-                self.metrics.reloads.labels("failed").inc()
+                if counted:
+                    self.metrics.reloads.labels("failed").inc()
                 if self.serve_admin and actor is not None:
                     message = exc.message if isinstance(exc, ServiceError) else "unexpected error; see the log"
                     self._audit_reload(actor, before, None, message)
                 raise
-            self.metrics.reloads.labels("ok").inc()
+            if counted:
+                self.metrics.reloads.labels("ok").inc()
             if self.serve_admin and actor is not None:
                 self._audit_reload(actor, before, snapshot, "")
             if self._check_health is not None:

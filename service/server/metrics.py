@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.process_collector import ProcessCollector
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,26 @@ _LATENCY_BUCKETS = (
     10,
 )
 _BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000, 100000)
+
+
+# what each process publishes about itself (ProcessCollector's names, the pid added as a label)
+_PROCESS_METRICS = {
+    "process_resident_memory_bytes": "Resident memory size in bytes, by process.",
+    "process_virtual_memory_bytes": "Virtual memory size in bytes, by process.",
+    "process_cpu_seconds_total": "User and system CPU time spent in seconds, by process.",
+    "process_open_fds": "Open file descriptors, by process.",
+    "process_start_time_seconds": "Start time of the process since the epoch in seconds, by process.",
+}
+
+
+def package_version() -> str:
+    """The installed package's version, from its metadata ("unknown" in a source tree never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("regionlock")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class Metrics:
@@ -97,13 +119,42 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        # counted by the process that serves Admin only, so a reload across N workers counts once; the load at
+        # start is not a reload (see Service.reload)
         self.reloads = Counter("regionlock_reloads", "Data reloads, by result.", ["result"], registry=r)
+        self.build_info = Gauge(
+            "regionlock_build_info",
+            "The running build (value 1), by version (the installed package's).",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.build_info.labels(package_version()).set(1)
+        # prometheus-client's multiprocess collector exports no process_* metrics, and its own collector would
+        # describe only the scraped process: each process publishes its own, labelled with its pid
+        # (in multiprocess mode the collector adds the pid label of a "liveall" gauge itself, and drops dead ones)
+        self._pid_label = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        labels = ["pid"] if self._pid_label else []
+        self._process_gauges = {
+            name: Gauge(name, text, labels, registry=r, multiprocess_mode="liveall")
+            for name, text in _PROCESS_METRICS.items()
+        }
+        self._process_source = ProcessCollector(registry=None)
         self.auth_failures = Counter(
             "regionlock_admin_auth_failures", "Admin calls refused, by status code.", ["code"], registry=r
         )
         self._serving_versions: tuple[str, str, str] | None = None
         self._latency_children: dict[str, Histogram] = {}
         self._decision_children: dict[tuple[int, int, bool], Counter] = {}
+
+    def update_process(self) -> None:
+        """Publish this process's memory, CPU time and open file descriptors (from /proc), labelled with its pid."""
+        pid = str(os.getpid())
+        for family in self._process_source.collect():
+            for sample in family.samples:  # by the sample's name: a counter family's drops `_total`
+                gauge = self._process_gauges.get(sample.name)
+                if gauge is not None:
+                    (gauge.labels(pid) if self._pid_label else gauge).set(sample.value)
 
     def observe_rpc(self, method: str, seconds: float) -> None:
         """Record one RPC's duration (labelled children cached: labels() takes a lock each call)."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -172,6 +173,14 @@ class Settings:
         check=_existing_file,
     )
 
+    admin_plaintext: bool = setting(
+        False,
+        "allow Admin without TLS on a non-loopback `admin_addr` (tokens cross the network in clear text); "
+        "without it such a start is refused",
+        shown="`false`",
+        allowed="true or false",
+    )
+
     # Paths resolved against the data directory: these are what the server actually opens.
     @property
     def geo_path(self) -> Path:
@@ -291,10 +300,32 @@ def readme_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def is_loopback_address(address: str) -> bool:
+    """True when HOST:PORT names only this machine: 127.0.0.0/8, ::1 or localhost (not `*`, `[::]`, 0.0.0.0)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to any interface
+
+
 def _convert(name: str, value: Any) -> Any:
     """Turn a raw value from a flag, the environment or the file into the field's type, or raise."""
     kind = SETTINGS[name].kind
     try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE or text in _FALSE:
+                return text in _TRUE
+            raise ValueError(value)
         if kind is int:
             if isinstance(value, bool):
                 raise ValueError(value)
@@ -322,6 +353,12 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("admin_tls_cert: admin_tls_cert and admin_tls_key must be given together")
     if settings.admin_tls_client_ca is not None and settings.admin_tls_cert is None:
         raise SettingsError("admin_tls_client_ca: mutual TLS needs admin_tls_cert and admin_tls_key too")
+    plaintext = settings.admin_tls_cert is None and not settings.admin_plaintext
+    if plaintext and not is_loopback_address(settings.admin_addr):
+        raise SettingsError(
+            f"admin_addr: {settings.admin_addr} is not loopback and Admin has no TLS: tokens would cross the network "
+            "in clear text; give admin_tls_cert and admin_tls_key, or admin_plaintext = true if that is intended"
+        )
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

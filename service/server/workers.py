@@ -13,12 +13,12 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from types import FrameType
 
 from regionlock.core.fileformat import share_loaded_files
+from regionlock.service.server.leftovers import DATA_PREFIX, METRICS_PREFIX, instance_dir, remove_leftovers
 from regionlock.service.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -231,9 +231,10 @@ def _memory_backed_dir() -> str | None:
 
 def serve_workers(settings: Settings, workers: int) -> int:
     """Serve with `workers` DeviceCheck processes and one Admin process; return the exit code."""
-    metrics_dir = tempfile.mkdtemp(prefix="regionlock-metrics-", dir=_memory_backed_dir())
+    remove_leftovers(_memory_backed_dir())  # those of instances killed before they could remove them
+    metrics_dir = instance_dir(METRICS_PREFIX, _memory_backed_dir())
     # every process loads the data files itself, after the fork: without sharing, N + 1 copies of the same bytes
-    shared_dir = tempfile.mkdtemp(prefix="regionlock-data-", dir=_memory_backed_dir())
+    shared_dir = instance_dir(DATA_PREFIX, _memory_backed_dir())
     share_loaded_files(shared_dir)
     # must be set before prometheus_client is imported in this process, so the children inherit it
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -18,7 +18,7 @@ NAMES = [
     "data_dir", "geo", "allowlist", "policy", "store", "tokens", "check_addr", "admin_addr", "metrics_addr",
     "workers", "cpu_affinity", "log_level", "max_batch", "max_streams", "max_pending_calls", "max_message_bytes",
     "grace_seconds", "override_poll_seconds", "demo_serials", "geo_max_age_days", "admin_tls_cert",
-    "admin_tls_key", "admin_tls_client_ca",
+    "admin_tls_key", "admin_tls_client_ca", "admin_plaintext",
 ]  # fmt: skip
 
 
