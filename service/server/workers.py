@@ -19,6 +19,7 @@ import time
 from types import FrameType
 
 from regionlock.core.fileformat import share_loaded_files
+from regionlock.service.server.instance import InstanceLock, check_bindable, port_of
 from regionlock.service.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,24 +29,20 @@ _RESTART_BACKOFF_MAX = 30.0
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
-def reserve_port(address: str) -> tuple[str, socket.socket | None]:
-    """For port 0, bind a SO_REUSEPORT socket to pick a port all workers can share; keep it bound."""
-    host, _, port = address.rpartition(":")
-    if int(port) != 0:
-        return address, None
-    bare = host.strip("[]")
-    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("::" if bare in ("", "*") else bare, 0))
+def reserve_port(address: str) -> tuple[str, socket.socket]:
+    """Bind a SO_REUSEPORT socket to the DeviceCheck address (for port 0: pick a port all workers can share)
+    and keep it bound; a port held by another process raises AddressInUse."""
+    sock = check_bindable("check_addr", address, reuse_port=True)
+    host = address.rpartition(":")[0]
     return f"{host}:{sock.getsockname()[1]}", sock
 
 
 class Supervisor:
     """Starts, watches, restarts, signals and stops the worker processes."""
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(self, settings: Settings, workers: int, lock: InstanceLock | None = None) -> None:
         self.settings = settings
+        self.lock = lock
         self.workers = workers
         self.pid = os.getpid()
         self.children: dict[int, tuple[str, float, int | None]] = {}  # pid: role, start, worker slot
@@ -87,6 +84,8 @@ class Supervisor:
         if pid == 0:
             code = 1
             try:
+                if self.lock is not None:
+                    self.lock.close()  # the supervisor's: it names the supervisor, and dies with it
                 pin_worker(slot, self.workers, self.settings.cpu_affinity)
                 code = run_child(self.settings, role)
             except BaseException:
@@ -108,6 +107,8 @@ class Supervisor:
         while self.children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
+                if self.lock is not None:
+                    self.lock.drain()
                 if self.stopping:
                     deadline = deadline or time.monotonic() + self.settings.grace_seconds + 10
                     if time.monotonic() > deadline:
@@ -199,6 +200,8 @@ def run_child(settings: Settings, role: str) -> int:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         service.start(metrics_registry=registry)
+        if port_of(settings.admin_addr) == 0:
+            InstanceLock().claim("admin_addr", settings.admin_addr, service.admin_port)
     else:
         service = Service(settings, serve_admin=False, reuse_port=True)
     try:
@@ -231,21 +234,35 @@ def _memory_backed_dir() -> str | None:
 
 def serve_workers(settings: Settings, workers: int) -> int:
     """Serve with `workers` DeviceCheck processes and one Admin process; return the exit code."""
+    # one instance per port: lock both listeners (and check they can be bound) before anything else
+    lock = InstanceLock(accept_in_thread=False)
+    reservation: socket.socket | None = None
+    try:
+        lock.claim("check_addr", settings.check_addr)
+        lock.claim("admin_addr", settings.admin_addr)
+        if port_of(settings.admin_addr) != 0:
+            check_bindable("admin_addr", settings.admin_addr, reuse_port=False).close()
+        check_addr, reservation = reserve_port(settings.check_addr)
+        lock.claim("check_addr", check_addr, port_of(check_addr) if port_of(settings.check_addr) == 0 else 0)
+    except BaseException:
+        lock.close()
+        if reservation is not None:
+            reservation.close()
+        raise
     metrics_dir = tempfile.mkdtemp(prefix="regionlock-metrics-", dir=_memory_backed_dir())
     # every process loads the data files itself, after the fork: without sharing, N + 1 copies of the same bytes
     shared_dir = tempfile.mkdtemp(prefix="regionlock-data-", dir=_memory_backed_dir())
     share_loaded_files(shared_dir)
     # must be set before prometheus_client is imported in this process, so the children inherit it
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    check_addr, reservation = reserve_port(settings.check_addr)
     import dataclasses
 
     settings = dataclasses.replace(settings, check_addr=check_addr)
     try:
         log.info("DeviceCheck on %s with %d worker processes; their metrics in %s", check_addr, workers, metrics_dir)
-        return Supervisor(settings, workers).run()
+        return Supervisor(settings, workers, lock).run()
     finally:
-        if reservation is not None:
-            reservation.close()
+        reservation.close()
+        lock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         shutil.rmtree(shared_dir, ignore_errors=True)
