@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 ADMIN = "admin"
 CHECK = "check"
 _RESTART_BACKOFF_MAX = 30.0
+# a process that fails at start (store, token file, listener, missing dependency) exits with this code after
+# writing its one line to the supervisor's pipe; the supervisor then stops and exits 2 with that line
+START_FAILED = 2
+# a process that dies this many times within this many seconds stops the supervisor (exit 1): a crash loop
+# is an outage to look at, not something to hide behind restarts
+CRASH_LOOP_DEATHS = 5
+CRASH_LOOP_WINDOW = 60.0
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
@@ -48,6 +56,11 @@ class Supervisor:
         self.children: dict[int, tuple[str, float, int | None]] = {}  # pid: role, start, worker slot
         self.stopping = False
         self.failures: dict[str, int] = {ADMIN: 0, CHECK: 0}
+        self.deaths: dict[str, list[float]] = {ADMIN: [], CHECK: []}
+        self.exit_code = 0
+        self.error_line: str | None = None  # printed on stderr when the supervisor stops because of it
+        self._errors_read, self._errors_write = os.pipe()  # children's start-up failures, one line each
+        os.set_blocking(self._errors_read, False)
 
     def _signal_children(self, signum: int, role: str | None = None) -> None:
         for pid, (child_role, *_) in list(self.children.items()):
@@ -87,7 +100,8 @@ class Supervisor:
                 if self.lock is not None:
                     self.lock.close()  # the supervisor's: it names the supervisor, and dies with it
                 pin_worker(slot, self.workers, self.settings.cpu_affinity)
-                code = run_child(self.settings, role)
+                os.close(self._errors_read)
+                code = run_child(self.settings, role, self._errors_write)
             except BaseException:
                 log.exception("%s process failed", role)
             finally:
@@ -99,10 +113,33 @@ class Supervisor:
     def run(self) -> int:
         for signum in _HANDLED:
             signal.signal(signum, self._on_signal)
+        try:
+            return self._run()
+        finally:
+            os.close(self._errors_read)
+            os.close(self._errors_write)
+            if self.error_line is not None:
+                print(self.error_line, file=sys.stderr, flush=True)
+
+    def _stop_all(self, exit_code: int, error_line: str) -> None:
+        """Stop every process because of `error_line` (printed once at the end) with `exit_code`."""
+        if self.error_line is None:
+            self.error_line, self.exit_code = error_line, exit_code
+        self.stopping = True
+        self._signal_children(signal.SIGTERM)
+
+    def _start_failure(self) -> str:
+        try:
+            text = os.read(self._errors_read, 65536).decode(errors="replace")
+        except BlockingIOError:
+            text = ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        return lines[0] if lines else "regionlock: error: a process failed at start"
+
+    def _run(self) -> int:
         self.spawn(ADMIN)
         for worker in range(self.workers):
             self.spawn(CHECK, worker)
-        exit_code = 0
         deadline: float | None = None
         while self.children:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -120,13 +157,25 @@ class Supervisor:
             _mark_dead(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
-                exit_code = exit_code or (0 if code == 0 else 1)
+                self.exit_code = self.exit_code or (0 if code == 0 else 1)
+                continue
+            if code == START_FAILED:
+                self._stop_all(2, self._start_failure())
+                continue
+            now = time.monotonic()
+            self.deaths[role] = [t for t in self.deaths[role] if now - t < CRASH_LOOP_WINDOW] + [now]
+            if len(self.deaths[role]) >= CRASH_LOOP_DEATHS:
+                self._stop_all(
+                    1,
+                    f"regionlock: error: {role} processes died {len(self.deaths[role])} times within "
+                    f"{CRASH_LOOP_WINDOW:.0f}s (the last, {pid}: {_how(code)}); stopping, see the log above",
+                )
                 continue
             self._restart(role, pid, code, started, slot)
-        return exit_code
+        return self.exit_code
 
     def _restart(self, role: str, pid: int, code: int, started: float, slot: int | None) -> None:
-        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        how = _how(code)
         self.failures[role] = self.failures[role] + 1 if time.monotonic() - started < 10 else 1
         delay = min(_RESTART_BACKOFF_MAX, 0.1 * 2 ** (self.failures[role] - 1))
         log.error("%s process %d died (%s); restarting it in %.1fs", role, pid, how, delay)
@@ -135,6 +184,10 @@ class Supervisor:
             time.sleep(0.05)
         if not self.stopping:
             self.spawn(role, slot)
+
+
+def _how(code: int) -> str:
+    return f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
 
 
 def worker_cpu(slot: int | None, workers: int, cpu_affinity: str) -> int | None:
@@ -178,9 +231,29 @@ def _exit_with_parent() -> None:
         log.warning("workers can't follow the supervisor's death on this platform")
 
 
-def run_child(settings: Settings, role: str) -> int:
-    """The body of one forked process: serve its role until SIGTERM, reload on SIGHUP."""
+def run_child(settings: Settings, role: str, errors_fd: int | None = None) -> int:
+    """The body of one forked process: serve its role until SIGTERM, reload on SIGHUP.
+
+    A failure to start (the store, the token file, a listener) is written as one line to `errors_fd` and
+    ends the process with START_FAILED, which stops the supervisor: restarting would fail the same way."""
+    try:
+        return _run_child(settings, role)
+    except _StartFailed as exc:
+        if errors_fd is None:
+            raise
+        log.debug("%s process %d failed at start", role, os.getpid(), exc_info=True)
+        os.write(errors_fd, f"regionlock: error: {exc}\n".encode()[:4000])  # below PIPE_BUF: written at once
+        return START_FAILED
+
+
+class _StartFailed(Exception):
+    """A process could not start: its message is the one line the supervisor prints."""
+
+
+def _run_child(settings: Settings, role: str) -> int:
     from regionlock.service.errors import ServiceError
+    from regionlock.service.server.auth import TokenFileError
+    from regionlock.service.server.instance import AddressInUse
     from regionlock.service.server.lifecycle import Service, freeze_startup_objects, reload_in_background
 
     stop = threading.Event()
@@ -192,18 +265,21 @@ def run_child(settings: Settings, role: str) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
     if stop.is_set():
         return 0
-    if role == ADMIN:
-        supervisor = os.getppid()
-        service = Service(settings, serve_check=False, on_reloaded=lambda: os.kill(supervisor, signal.SIGUSR1))
-        from prometheus_client import CollectorRegistry, multiprocess
+    try:
+        if role == ADMIN:
+            supervisor = os.getppid()
+            service = Service(settings, serve_check=False, on_reloaded=lambda: os.kill(supervisor, signal.SIGUSR1))
+            from prometheus_client import CollectorRegistry, multiprocess
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        service.start(metrics_registry=registry)
-        if port_of(settings.admin_addr) == 0:
-            InstanceLock().claim("admin_addr", settings.admin_addr, service.admin_port)
-    else:
-        service = Service(settings, serve_admin=False, reuse_port=True)
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            service.start(metrics_registry=registry)
+            if port_of(settings.admin_addr) == 0:
+                InstanceLock().claim("admin_addr", settings.admin_addr, service.admin_port)
+        else:
+            service = Service(settings, serve_admin=False, reuse_port=True)
+    except (ServiceError, TokenFileError, AddressInUse, OSError, RuntimeError) as exc:
+        raise _StartFailed(str(exc)) from exc
     try:
         snapshot = service.reload()
     except ServiceError as exc:
