@@ -66,7 +66,12 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload_in_background(service))
-    service.start()
+    try:
+        service.start()
+    except OSError as exc:  # the metrics listener
+        service.stop(0)
+        print(f"regionlock: error: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         service.reload()
     except ServiceError as exc:

@@ -279,7 +279,7 @@ def _run_child(settings: Settings, role: str) -> int:
         else:
             service = Service(settings, serve_admin=False, reuse_port=True)
     except (ServiceError, TokenFileError, AddressInUse, OSError, RuntimeError) as exc:
-        raise _StartFailed(str(exc)) from exc
+        raise _StartFailed(exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)) from exc
     try:
         snapshot = service.reload()
     except ServiceError as exc:

@@ -108,3 +108,20 @@ def test_a_port_0_is_locked_on_the_port_chosen(world, tmp_path):
     finally:
         first.terminate()
         assert first.wait(15) == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_metrics_port_in_use_refuses_in_one_line(world, workers):
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        held = f"127.0.0.1:{plain.getsockname()[1]}"
+        args = [*serve_command(world, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", held)]
+        result = subprocess.run(
+            [*args, "--workers", str(workers)], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+    assert result.returncode == 2, result.stderr
+    errors = _error_lines(result.stderr)
+    assert errors == [f"regionlock: error: metrics_addr {held}: can't listen there (Address already in use)"], (
+        result.stderr
+    )
