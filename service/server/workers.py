@@ -49,6 +49,8 @@ class Supervisor:
     """Starts, watches, restarts, signals and stops the worker processes."""
 
     def __init__(self, settings: Settings, workers: int, lock: InstanceLock | None = None) -> None:
+        # the children inherit the lock's sockets and keep them: the port stays locked until the last process
+        # of this instance is gone, also a worker still draining after the supervisor was killed
         self.settings = settings
         self.lock = lock
         self.workers = workers
@@ -97,8 +99,6 @@ class Supervisor:
         if pid == 0:
             code = 1
             try:
-                if self.lock is not None:
-                    self.lock.close()  # the supervisor's: it names the supervisor, and dies with it
                 pin_worker(slot, self.workers, self.settings.cpu_affinity)
                 os.close(self._errors_read)
                 code = run_child(self.settings, role, self._errors_write)
