@@ -92,9 +92,14 @@ def _serve_workers(settings: Settings) -> int:
     """Check the data and the token file once here, so a mistake stops the start instead of a restart loop."""
     from regionlock.service.server.auth import TokenFileError, TokenStore
     from regionlock.service.server.instance import AddressInUse
-    from regionlock.service.server.workers import serve_workers
+    from regionlock.service.server.workers import claim_listeners, serve_workers
     from regionlock.service.snapshot import load_data
 
+    try:
+        claimed = claim_listeners(settings)
+    except AddressInUse as exc:
+        print(f"regionlock: error: {exc}", file=sys.stderr)
+        return 2
     try:
         load_data(settings)
         if settings.tokens_path.exists():
@@ -105,8 +110,4 @@ def _serve_workers(settings: Settings) -> int:
     except TokenFileError as exc:
         print(f"regionlock: error: {exc}", file=sys.stderr)
         return 2
-    try:
-        return serve_workers(settings, settings.worker_count)
-    except AddressInUse as exc:
-        print(f"regionlock: error: {exc}", file=sys.stderr)
-        return 2
+    return serve_workers(settings, settings.worker_count, claimed)

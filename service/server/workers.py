@@ -308,9 +308,9 @@ def _memory_backed_dir() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
 
 
-def serve_workers(settings: Settings, workers: int) -> int:
-    """Serve with `workers` DeviceCheck processes and one Admin process; return the exit code."""
-    # one instance per port: lock both listeners (and check they can be bound) before anything else
+def claim_listeners(settings: Settings) -> tuple[str, InstanceLock, socket.socket]:
+    """One instance per port: lock both listeners and check they can be bound, before anything else; return
+    the DeviceCheck address (its port chosen, for port 0), the lock and the bound DeviceCheck socket."""
     lock = InstanceLock(accept_in_thread=False)
     reservation: socket.socket | None = None
     try:
@@ -325,6 +325,14 @@ def serve_workers(settings: Settings, workers: int) -> int:
         if reservation is not None:
             reservation.close()
         raise
+    return check_addr, lock, reservation
+
+
+def serve_workers(
+    settings: Settings, workers: int, claimed: tuple[str, InstanceLock, socket.socket] | None = None
+) -> int:
+    """Serve with `workers` DeviceCheck processes and one Admin process; return the exit code."""
+    check_addr, lock, reservation = claimed or claim_listeners(settings)
     metrics_dir = tempfile.mkdtemp(prefix="regionlock-metrics-", dir=_memory_backed_dir())
     # every process loads the data files itself, after the fork: without sharing, N + 1 copies of the same bytes
     shared_dir = tempfile.mkdtemp(prefix="regionlock-data-", dir=_memory_backed_dir())
