@@ -90,20 +90,22 @@ def test_restart_on_the_same_addresses_after_the_first_stops(world, tmp_path, wo
         assert again.wait(15) == 0
 
 
-def test_a_port_0_is_locked_on_the_port_chosen(world, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_0_is_locked_on_the_port_chosen(world, tmp_path, workers):
     admin_addr = f"127.0.0.1:{free_port()}"
     log_path = tmp_path / "port0.log"
-    args = [*serve_command(world, "127.0.0.1:0", admin_addr, f"127.0.0.1:{free_port()}"), "--workers", "2"]
+    args = [*serve_command(world, "127.0.0.1:0", admin_addr, f"127.0.0.1:{free_port()}"), "--workers", str(workers)]
     with open(log_path, "wb") as log:
         first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         wait_for_health(admin_addr, process=first)
-        chosen = re.search(r"DeviceCheck on (127\.0\.0\.1:\d+)", log_path.read_text())
-        assert chosen, log_path.read_text()
-        wait_for_health(chosen[1], process=first)
-        second = _serve(world, chosen[1], f"127.0.0.1:{free_port()}", 2)
+        found = re.search(r"DeviceCheck on (?:port )?(?:127\.0\.0\.1:)?(\d+)", log_path.read_text())
+        assert found, log_path.read_text()
+        chosen = f"127.0.0.1:{found[1]}"
+        wait_for_health(chosen, process=first)
+        second = _serve(world, chosen, f"127.0.0.1:{free_port()}", 2)
         assert second.returncode == 2, second.stderr
-        assert f"check_addr {chosen[1]}" in second.stderr
+        assert f"check_addr {chosen}" in second.stderr
         assert f"regionlock process {first.pid}" in second.stderr
     finally:
         first.terminate()
