@@ -230,7 +230,11 @@ class Service:
         """Start listening; checks answer UNAVAILABLE and health says NOT_SERVING until data loads."""
         if self.serve_admin and self.settings.metrics_addr:
             registry = metrics_registry or self.metrics.registry
-            self.metrics_port = start_metrics_listener(registry, self.settings.metrics_addr)
+            try:
+                self.metrics_port = start_metrics_listener(registry, self.settings.metrics_addr)
+            except OSError as exc:
+                addr = self.settings.metrics_addr
+                raise OSError(exc.errno, f"metrics_addr {addr}: can't listen there ({exc.strerror or exc})") from exc
         self.refresher.start()
         threading.Thread(target=self._watch_staleness, name="staleness-gauge", daemon=True).start()
         for server in self._servers:

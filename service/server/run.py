@@ -37,21 +37,41 @@ def serve(settings: Settings) -> int:
     if settings.worker_count > 1:
         return _serve_workers(settings)
     # imported only here: a multi-process supervisor must not import prometheus-client before it is set up
+    from regionlock.service.server.instance import AddressInUse, InstanceLock, check_bindable, port_of
     from regionlock.service.server.lifecycle import Service, freeze_startup_objects, reload_in_background
 
+    lock = InstanceLock()  # held for the life of this process: one instance per port
     try:
+        for name, address in (("check_addr", settings.check_addr), ("admin_addr", settings.admin_addr)):
+            lock.claim(name, address)
+            if port_of(address) != 0:
+                check_bindable(name, address, reuse_port=False).close()
         service = Service(settings)
-    except (ServiceError, TokenFileError) as exc:
+    except (ServiceError, TokenFileError, AddressInUse) as exc:
         print(f"regionlock: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # a listener that can't be bound (grpcio raises RuntimeError)
+        print(f"regionlock: error: can't listen: {exc}", file=sys.stderr)
+        return 2
+    try:  # a port 0 is locked on the port chosen
+        if port_of(settings.check_addr) == 0:
+            lock.claim("check_addr", settings.check_addr, service.check_port)
+        if port_of(settings.admin_addr) == 0:
+            lock.claim("admin_addr", settings.admin_addr, service.admin_port)
+    except AddressInUse as exc:
+        service.stop(0)
         print(f"regionlock: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload_in_background(service))
-    service.start()
+    try:
+        service.start()
+    except OSError as exc:  # the metrics listener
+        service.stop(0)
+        print(f"regionlock: error: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         service.reload()
     except ServiceError as exc:
@@ -71,9 +91,15 @@ def serve(settings: Settings) -> int:
 def _serve_workers(settings: Settings) -> int:
     """Check the data and the token file once here, so a mistake stops the start instead of a restart loop."""
     from regionlock.service.server.auth import TokenFileError, TokenStore
-    from regionlock.service.server.workers import serve_workers
+    from regionlock.service.server.instance import AddressInUse
+    from regionlock.service.server.workers import claim_listeners, serve_workers
     from regionlock.service.snapshot import load_data
 
+    try:
+        claimed = claim_listeners(settings)
+    except AddressInUse as exc:
+        print(f"regionlock: error: {exc}", file=sys.stderr)
+        return 2
     try:
         load_data(settings)
         if settings.tokens_path.exists():
@@ -84,4 +110,4 @@ def _serve_workers(settings: Settings) -> int:
     except TokenFileError as exc:
         print(f"regionlock: error: {exc}", file=sys.stderr)
         return 2
-    return serve_workers(settings, settings.worker_count)
+    return serve_workers(settings, settings.worker_count, claimed)

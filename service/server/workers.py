@@ -13,11 +13,13 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from types import FrameType
 
 from regionlock.core.fileformat import share_loaded_files
+from regionlock.service.server.instance import InstanceLock, check_bindable, port_of
 from regionlock.service.server.leftovers import DATA_PREFIX, METRICS_PREFIX, instance_dir, remove_leftovers
 from regionlock.service.server.settings import Settings
 
@@ -25,32 +27,42 @@ log = logging.getLogger(__name__)
 ADMIN = "admin"
 CHECK = "check"
 _RESTART_BACKOFF_MAX = 30.0
+# a process that fails at start (store, token file, listener, missing dependency) exits with this code after
+# writing its one line to the supervisor's pipe; the supervisor then stops and exits 2 with that line
+START_FAILED = 2
+# a process that dies this many times within this many seconds stops the supervisor (exit 1): a crash loop
+# is an outage to look at, not something to hide behind restarts
+CRASH_LOOP_DEATHS = 5
+CRASH_LOOP_WINDOW = 60.0
 _HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
-def reserve_port(address: str) -> tuple[str, socket.socket | None]:
-    """For port 0, bind a SO_REUSEPORT socket to pick a port all workers can share; keep it bound."""
-    host, _, port = address.rpartition(":")
-    if int(port) != 0:
-        return address, None
-    bare = host.strip("[]")
-    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("::" if bare in ("", "*") else bare, 0))
+def reserve_port(address: str) -> tuple[str, socket.socket]:
+    """Bind a SO_REUSEPORT socket to the DeviceCheck address (for port 0: pick a port all workers can share)
+    and keep it bound; a port held by another process raises AddressInUse."""
+    sock = check_bindable("check_addr", address, reuse_port=True)
+    host = address.rpartition(":")[0]
     return f"{host}:{sock.getsockname()[1]}", sock
 
 
 class Supervisor:
     """Starts, watches, restarts, signals and stops the worker processes."""
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(self, settings: Settings, workers: int, lock: InstanceLock | None = None) -> None:
+        # the children inherit the lock's sockets and keep them: the port stays locked until the last process
+        # of this instance is gone, also a worker still draining after the supervisor was killed
         self.settings = settings
+        self.lock = lock
         self.workers = workers
         self.pid = os.getpid()
         self.children: dict[int, tuple[str, float, int | None]] = {}  # pid: role, start, worker slot
         self.stopping = False
         self.failures: dict[str, int] = {ADMIN: 0, CHECK: 0}
+        self.deaths: dict[str, list[float]] = {ADMIN: [], CHECK: []}
+        self.exit_code = 0
+        self.error_line: str | None = None  # printed on stderr when the supervisor stops because of it
+        self._errors_read, self._errors_write = os.pipe()  # children's start-up failures, one line each
+        os.set_blocking(self._errors_read, False)
 
     def _signal_children(self, signum: int, role: str | None = None) -> None:
         for pid, (child_role, *_) in list(self.children.items()):
@@ -88,7 +100,8 @@ class Supervisor:
             code = 1
             try:
                 pin_worker(slot, self.workers, self.settings.cpu_affinity)
-                code = run_child(self.settings, role)
+                os.close(self._errors_read)
+                code = run_child(self.settings, role, self._errors_write)
             except BaseException:
                 log.exception("%s process failed", role)
             finally:
@@ -100,14 +113,39 @@ class Supervisor:
     def run(self) -> int:
         for signum in _HANDLED:
             signal.signal(signum, self._on_signal)
+        try:
+            return self._run()
+        finally:
+            os.close(self._errors_read)
+            os.close(self._errors_write)
+            if self.error_line is not None:
+                print(self.error_line, file=sys.stderr, flush=True)
+
+    def _stop_all(self, exit_code: int, error_line: str) -> None:
+        """Stop every process because of `error_line` (printed once at the end) with `exit_code`."""
+        if self.error_line is None:
+            self.error_line, self.exit_code = error_line, exit_code
+        self.stopping = True
+        self._signal_children(signal.SIGTERM)
+
+    def _start_failure(self) -> str:
+        try:
+            text = os.read(self._errors_read, 65536).decode(errors="replace")
+        except BlockingIOError:
+            text = ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        return lines[0] if lines else "regionlock: error: a process failed at start"
+
+    def _run(self) -> int:
         self.spawn(ADMIN)
         for worker in range(self.workers):
             self.spawn(CHECK, worker)
-        exit_code = 0
         deadline: float | None = None
         while self.children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
+                if self.lock is not None:
+                    self.lock.drain()
                 if self.stopping:
                     deadline = deadline or time.monotonic() + self.settings.grace_seconds + 10
                     if time.monotonic() > deadline:
@@ -119,13 +157,25 @@ class Supervisor:
             _mark_dead(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
-                exit_code = exit_code or (0 if code == 0 else 1)
+                self.exit_code = self.exit_code or (0 if code == 0 else 1)
+                continue
+            if code == START_FAILED:
+                self._stop_all(2, self._start_failure())
+                continue
+            now = time.monotonic()
+            self.deaths[role] = [t for t in self.deaths[role] if now - t < CRASH_LOOP_WINDOW] + [now]
+            if len(self.deaths[role]) >= CRASH_LOOP_DEATHS:
+                self._stop_all(
+                    1,
+                    f"regionlock: error: {role} processes died {len(self.deaths[role])} times within "
+                    f"{CRASH_LOOP_WINDOW:.0f}s (the last, {pid}: {_how(code)}); stopping, see the log above",
+                )
                 continue
             self._restart(role, pid, code, started, slot)
-        return exit_code
+        return self.exit_code
 
     def _restart(self, role: str, pid: int, code: int, started: float, slot: int | None) -> None:
-        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        how = _how(code)
         self.failures[role] = self.failures[role] + 1 if time.monotonic() - started < 10 else 1
         delay = min(_RESTART_BACKOFF_MAX, 0.1 * 2 ** (self.failures[role] - 1))
         log.error("%s process %d died (%s); restarting it in %.1fs", role, pid, how, delay)
@@ -134,6 +184,10 @@ class Supervisor:
             time.sleep(0.05)
         if not self.stopping:
             self.spawn(role, slot)
+
+
+def _how(code: int) -> str:
+    return f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
 
 
 def worker_cpu(slot: int | None, workers: int, cpu_affinity: str) -> int | None:
@@ -177,9 +231,29 @@ def _exit_with_parent() -> None:
         log.warning("workers can't follow the supervisor's death on this platform")
 
 
-def run_child(settings: Settings, role: str) -> int:
-    """The body of one forked process: serve its role until SIGTERM, reload on SIGHUP."""
+def run_child(settings: Settings, role: str, errors_fd: int | None = None) -> int:
+    """The body of one forked process: serve its role until SIGTERM, reload on SIGHUP.
+
+    A failure to start (the store, the token file, a listener) is written as one line to `errors_fd` and
+    ends the process with START_FAILED, which stops the supervisor: restarting would fail the same way."""
+    try:
+        return _run_child(settings, role)
+    except _StartFailed as exc:
+        if errors_fd is None:
+            raise
+        log.debug("%s process %d failed at start", role, os.getpid(), exc_info=True)
+        os.write(errors_fd, f"regionlock: error: {exc}\n".encode()[:4000])  # below PIPE_BUF: written at once
+        return START_FAILED
+
+
+class _StartFailed(Exception):
+    """A process could not start: its message is the one line the supervisor prints."""
+
+
+def _run_child(settings: Settings, role: str) -> int:
     from regionlock.service.errors import ServiceError
+    from regionlock.service.server.auth import TokenFileError
+    from regionlock.service.server.instance import AddressInUse
     from regionlock.service.server.lifecycle import Service, freeze_startup_objects, reload_in_background
 
     stop = threading.Event()
@@ -191,16 +265,21 @@ def run_child(settings: Settings, role: str) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
     if stop.is_set():
         return 0
-    if role == ADMIN:
-        supervisor = os.getppid()
-        service = Service(settings, serve_check=False, on_reloaded=lambda: os.kill(supervisor, signal.SIGUSR1))
-        from prometheus_client import CollectorRegistry, multiprocess
+    try:
+        if role == ADMIN:
+            supervisor = os.getppid()
+            service = Service(settings, serve_check=False, on_reloaded=lambda: os.kill(supervisor, signal.SIGUSR1))
+            from prometheus_client import CollectorRegistry, multiprocess
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        service.start(metrics_registry=registry)
-    else:
-        service = Service(settings, serve_admin=False, reuse_port=True)
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            service.start(metrics_registry=registry)
+            if port_of(settings.admin_addr) == 0:
+                InstanceLock().claim("admin_addr", settings.admin_addr, service.admin_port)
+        else:
+            service = Service(settings, serve_admin=False, reuse_port=True)
+    except (ServiceError, TokenFileError, AddressInUse, OSError, RuntimeError) as exc:
+        raise _StartFailed(exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)) from exc
     try:
         snapshot = service.reload()
     except ServiceError as exc:
@@ -229,8 +308,31 @@ def _memory_backed_dir() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
 
 
-def serve_workers(settings: Settings, workers: int) -> int:
+def claim_listeners(settings: Settings) -> tuple[str, InstanceLock, socket.socket]:
+    """One instance per port: lock both listeners and check they can be bound, before anything else; return
+    the DeviceCheck address (its port chosen, for port 0), the lock and the bound DeviceCheck socket."""
+    lock = InstanceLock(accept_in_thread=False)
+    reservation: socket.socket | None = None
+    try:
+        lock.claim("check_addr", settings.check_addr)
+        lock.claim("admin_addr", settings.admin_addr)
+        if port_of(settings.admin_addr) != 0:
+            check_bindable("admin_addr", settings.admin_addr, reuse_port=False).close()
+        check_addr, reservation = reserve_port(settings.check_addr)
+        lock.claim("check_addr", check_addr, port_of(check_addr) if port_of(settings.check_addr) == 0 else 0)
+    except BaseException:
+        lock.close()
+        if reservation is not None:
+            reservation.close()
+        raise
+    return check_addr, lock, reservation
+
+
+def serve_workers(
+    settings: Settings, workers: int, claimed: tuple[str, InstanceLock, socket.socket] | None = None
+) -> int:
     """Serve with `workers` DeviceCheck processes and one Admin process; return the exit code."""
+    check_addr, lock, reservation = claimed or claim_listeners(settings)
     remove_leftovers(_memory_backed_dir())  # those of instances killed before they could remove them
     metrics_dir = instance_dir(METRICS_PREFIX, _memory_backed_dir())
     # every process loads the data files itself, after the fork: without sharing, N + 1 copies of the same bytes
@@ -238,15 +340,14 @@ def serve_workers(settings: Settings, workers: int) -> int:
     share_loaded_files(shared_dir)
     # must be set before prometheus_client is imported in this process, so the children inherit it
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    check_addr, reservation = reserve_port(settings.check_addr)
     import dataclasses
 
     settings = dataclasses.replace(settings, check_addr=check_addr)
     try:
         log.info("DeviceCheck on %s with %d worker processes; their metrics in %s", check_addr, workers, metrics_dir)
-        return Supervisor(settings, workers).run()
+        return Supervisor(settings, workers, lock).run()
     finally:
-        if reservation is not None:
-            reservation.close()
+        reservation.close()
+        lock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         shutil.rmtree(shared_dir, ignore_errors=True)
