@@ -67,7 +67,8 @@ def test_a_sigkilled_servers_directories_are_removed_at_the_next_start(world, tm
     killed.process.send_signal(signal.SIGKILL)
     killed.process.wait()
     _wait_gone(children)  # the children follow the supervisor's death (SIGTERM), leaving the directories
-    assert all(os.path.isdir(d) for d in left)
+    # (that they are still there is not asserted: on two xdist workers another test's server may start now and
+    # remove them, which is the behaviour under test; the unit test above holds that only dead ones go)
 
     server = start_server_process(world, tmp_path, "--workers", "2", "--metrics-addr", "")
     try:
